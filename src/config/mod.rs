@@ -1,0 +1,278 @@
+//! Live settings: one validated, immutable [`Settings`] value at a time.
+//!
+//! Sources (a YAML file, the environment, and the Kubernetes resource) only *produce* new
+//! values; [`SettingsHandle`] swaps them in atomically and counts a generation. A request or a
+//! job takes one snapshot ([`SettingsHandle::current`]) at its start and keeps it to the end, so
+//! a flag flipped mid-run never half-applies. A value that fails validation never replaces the
+//! one in force.
+
+mod env;
+mod file;
+mod secrets;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use crate::crd::{AutomationFlags, QueueSpec, VerificationSpec, WebhookAutomationSpec, ZohoSpec};
+
+pub use env::{InvalidFlagVariable, seed_flags_in_env, spec_from_env};
+pub use file::{SettingsFileError, load_settings_file, load_spec_file, watch_spec_file};
+pub use secrets::{Secret, SecretList, WatchedSecrets};
+
+/// Zoho data centres deskhook knows the hosts of.
+pub const REGIONS: [&str; 11] = [
+    "com", "eu", "in", "com.au", "jp", "ca", "sa", "uk", "com.cn", "sg", "ae",
+];
+
+/// Where the settings in force came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingsSource {
+    /// The seed's environment variables.
+    Environment,
+    /// A `WebhookAutomation` YAML file.
+    File(String),
+    /// A `WebhookAutomation` resource in Kubernetes (`namespace/name`).
+    Kubernetes(String),
+    /// Nothing could be loaded: every writing flag is off.
+    ReadOnly(String),
+}
+
+impl std::fmt::Display for SettingsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Environment => f.write_str("environment"),
+            Self::File(path) => write!(f, "file:{path}"),
+            Self::Kubernetes(name) => write!(f, "kubernetes:{name}"),
+            Self::ReadOnly(why) => write!(f, "read-only:{why}"),
+        }
+    }
+}
+
+/// A settings value that failed validation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidSettings {
+    #[error("queue.capacity must be at least 1")]
+    ZeroCapacity,
+    #[error("queue.workers must be between 1 and 256, got {0}")]
+    Workers(u32),
+    #[error("department names must be non-empty and unique, {0:?} is not")]
+    Department(String),
+    #[error("events must be non-empty event type names, {0:?} is not")]
+    Event(String),
+    #[error("zoho.region {0:?} is not one of {REGIONS:?}")]
+    Region(String),
+    #[error("verification.zohoJwt needs an orgId and at least one webhook id")]
+    JwtIncomplete,
+    #[error("verification.hmac.header {0:?} is not a valid HTTP header name")]
+    HmacHeader(String),
+}
+
+/// The validated settings every part of deskhook reads.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The spec as accepted, for the parts that read rules and templates.
+    pub spec: WebhookAutomationSpec,
+    /// A counter that grows with every accepted change: the resource's
+    /// `metadata.generation` in Kubernetes, a load counter for a file.
+    pub generation: i64,
+    /// Where this value came from.
+    pub source: SettingsSource,
+    /// When this value was put in force.
+    pub applied_at: SystemTime,
+}
+
+impl Settings {
+    /// Validates a spec into settings.
+    pub fn from_spec(
+        spec: WebhookAutomationSpec,
+        source: SettingsSource,
+        generation: i64,
+    ) -> Result<Self, InvalidSettings> {
+        validate(&spec)?;
+        Ok(Self {
+            spec,
+            generation,
+            source,
+            applied_at: SystemTime::now(),
+        })
+    }
+
+    /// Settings with every writing flag off, used while no valid resource exists.
+    pub fn read_only(mut spec: WebhookAutomationSpec, why: &str, generation: i64) -> Self {
+        spec.automation = AutomationFlags::READ_ONLY;
+        Self {
+            spec,
+            generation,
+            source: SettingsSource::ReadOnly(why.to_owned()),
+            applied_at: SystemTime::now(),
+        }
+    }
+
+    pub fn flags(&self) -> &AutomationFlags {
+        &self.spec.automation
+    }
+
+    pub fn queue(&self) -> &QueueSpec {
+        &self.spec.queue
+    }
+
+    pub fn verification(&self) -> &VerificationSpec {
+        &self.spec.verification
+    }
+
+    pub fn zoho(&self) -> &ZohoSpec {
+        &self.spec.zoho
+    }
+
+    /// Whether events for this department are acted on (names compare case-insensitively).
+    pub fn handles_department(&self, name: &str) -> bool {
+        self.spec.departments.is_empty()
+            || self
+                .spec
+                .departments
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Whether this event type is acted on.
+    pub fn handles_event(&self, event_type: &str) -> bool {
+        event_type == "Manual" || self.spec.events.iter().any(|e| e == event_type)
+    }
+}
+
+fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
+    if spec.queue.capacity == 0 {
+        return Err(InvalidSettings::ZeroCapacity);
+    }
+    if !(1..=256).contains(&spec.queue.workers) {
+        return Err(InvalidSettings::Workers(spec.queue.workers));
+    }
+    for (i, name) in spec.departments.iter().enumerate() {
+        let duplicate = spec.departments[..i]
+            .iter()
+            .any(|other| other.eq_ignore_ascii_case(name));
+        if name.trim().is_empty() || duplicate {
+            return Err(InvalidSettings::Department(name.clone()));
+        }
+    }
+    if let Some(bad) = spec
+        .events
+        .iter()
+        .find(|e| e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err(InvalidSettings::Event(bad.clone()));
+    }
+    if !REGIONS.contains(&spec.zoho.region.as_str()) {
+        return Err(InvalidSettings::Region(spec.zoho.region.clone()));
+    }
+    if let Some(jwt) = &spec.verification.zoho_jwt {
+        let no_ids = jwt.webhook_ids.iter().all(|id| id.trim().is_empty());
+        if jwt.org_id.trim().is_empty() || no_ids {
+            return Err(InvalidSettings::JwtIncomplete);
+        }
+    }
+    let header = &spec.verification.hmac.header;
+    if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        return Err(InvalidSettings::HmacHeader(header.clone()));
+    }
+    Ok(())
+}
+
+/// The single holder of the settings in force.
+///
+/// A `watch` channel rather than a lock: readers clone an `Arc` and never hold anything across
+/// an `.await`, and watchers (metrics, the status writer) are woken on every swap.
+#[derive(Clone)]
+pub struct SettingsHandle {
+    sender: Arc<watch::Sender<Arc<Settings>>>,
+}
+
+impl SettingsHandle {
+    pub fn new(initial: Settings) -> Self {
+        let (sender, _) = watch::channel(Arc::new(initial));
+        Self {
+            sender: Arc::new(sender),
+        }
+    }
+
+    /// The settings in force now: take it once and use it to the end of the request or job.
+    pub fn current(&self) -> Arc<Settings> {
+        self.sender.borrow().clone()
+    }
+
+    /// Puts new settings in force.
+    pub fn replace(&self, settings: Settings) {
+        self.sender.send_replace(Arc::new(settings));
+    }
+
+    /// A receiver woken on every change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Settings>> {
+        self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> WebhookAutomationSpec {
+        serde_yaml::from_str("departments: [DOC, Contact]").unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_seed_level_one() {
+        let settings = Settings::from_spec(spec(), SettingsSource::Environment, 1).unwrap();
+        let flags = settings.flags();
+        assert!(flags.dispatch && flags.link);
+        assert!(!flags.respond && !flags.update_ticket && !flags.update_deal && !flags.add_note);
+        assert_eq!(settings.queue().capacity, 10_000);
+        assert!(settings.handles_event("Ticket_Thread_Add"));
+        assert!(!settings.handles_event("Ticket_Delete"));
+    }
+
+    #[test]
+    fn departments_compare_case_insensitively_and_empty_means_all() {
+        let settings = Settings::from_spec(spec(), SettingsSource::Environment, 1).unwrap();
+        assert!(settings.handles_department("doc"));
+        assert!(!settings.handles_department("FACTURATION"));
+        let all = Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
+        assert!(all.handles_department("anything"));
+    }
+
+    #[test]
+    fn invalid_specs_are_refused_with_a_reason() {
+        let cases = [
+            (
+                "departments: [DOC, doc]",
+                InvalidSettings::Department("doc".into()),
+            ),
+            ("queue: {capacity: 0}", InvalidSettings::ZeroCapacity),
+            ("queue: {workers: 0}", InvalidSettings::Workers(0)),
+            (
+                "zoho: {region: mars}",
+                InvalidSettings::Region("mars".into()),
+            ),
+            (
+                "events: ['Ticket Add']",
+                InvalidSettings::Event("Ticket Add".into()),
+            ),
+            (
+                "verification: {zohoJwt: {orgId: '1', webhookIds: []}}",
+                InvalidSettings::JwtIncomplete,
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
+            let err = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap_err();
+            assert_eq!(err, expected, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn read_only_turns_every_flag_off() {
+        let settings = Settings::read_only(spec(), "resource missing", 0);
+        assert_eq!(*settings.flags(), AutomationFlags::READ_ONLY);
+    }
+}

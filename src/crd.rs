@@ -1,0 +1,261 @@
+//! The `WebhookAutomation` resource: the data users edit, with the documentation they read.
+//!
+//! These types are only data. Turning them into validated [`crate::config::Settings`] is the
+//! job of `config`; the field doc comments become the schema's descriptions, so they are
+//! written for the people who run `kubectl edit`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "deskhook.dev";
+/// API version of the resource.
+pub const VERSION: &str = "v1alpha1";
+/// Kind of the resource.
+pub const KIND: &str = "WebhookAutomation";
+
+/// A whole `WebhookAutomation` document as stored in a YAML file.
+///
+/// Only `spec` is read; `apiVersion` and `kind` are checked so a wrong file is refused early.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAutomationDocument {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    pub spec: WebhookAutomationSpec,
+}
+
+/// How deskhook handles Zoho Desk ticket events: which writing actions are switched on,
+/// which departments and events it acts on, and how deliveries are verified and queued.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookAutomationSpec {
+    /// The automation flags. Each writing action has its own flag so they can be switched on
+    /// one at a time while the team watches the results.
+    #[serde(default)]
+    pub automation: AutomationFlags,
+    /// Names of the Zoho Desk departments deskhook acts on, for example `DOC`, `Contact` and
+    /// `FACTURATION`. Events for tickets in other departments are acknowledged and ignored.
+    /// An empty list means every department.
+    #[serde(default)]
+    pub departments: Vec<String>,
+    /// Zoho Desk event types acted on. Other event types are acknowledged and ignored.
+    #[serde(default = "default_events")]
+    pub events: Vec<String>,
+    /// How each delivery is verified. Secrets never live here: they come from the
+    /// environment or from mounted files.
+    #[serde(default)]
+    pub verification: VerificationSpec,
+    /// The work queue between the webhook endpoint and the workers.
+    #[serde(default)]
+    pub queue: QueueSpec,
+    /// The Zoho portal deskhook talks to.
+    #[serde(default)]
+    pub zoho: ZohoSpec,
+}
+
+/// The seed's six automation flags plus `draftReplies`. Defaults are the seed's Level 1:
+/// `dispatch` and `link` on, every other write off.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutomationFlags {
+    /// Move the ticket to the department chosen by the routing rules.
+    #[serde(default = "yes")]
+    pub dispatch: bool,
+    /// Store the CRM deal found for the ticket in the ticket's link field.
+    #[serde(default = "yes")]
+    pub link: bool,
+    /// Send the rendered reply to the customer by email.
+    #[serde(default)]
+    pub respond: bool,
+    /// Set the ticket status chosen by the matching rule.
+    #[serde(default)]
+    pub update_ticket: bool,
+    /// Write the matching rule's field values to the CRM deal.
+    #[serde(default)]
+    pub update_deal: bool,
+    /// Add a note to the CRM deal saying what deskhook did and skipped.
+    #[serde(default)]
+    pub add_note: bool,
+    /// When `respond` is off, create a Zoho Desk draft instead of only suggesting the reply.
+    #[serde(default)]
+    pub draft_replies: bool,
+}
+
+impl Default for AutomationFlags {
+    fn default() -> Self {
+        Self {
+            dispatch: true,
+            link: true,
+            respond: false,
+            update_ticket: false,
+            update_deal: false,
+            add_note: false,
+            draft_replies: false,
+        }
+    }
+}
+
+impl AutomationFlags {
+    /// Every flag off: the read-only mode.
+    pub const READ_ONLY: Self = Self {
+        dispatch: false,
+        link: false,
+        respond: false,
+        update_ticket: false,
+        update_deal: false,
+        add_note: false,
+        draft_replies: false,
+    };
+
+    /// The flags with their seed names (`auto_dispatch`, …) in a stable order.
+    pub fn named(&self) -> [(&'static str, bool); 7] {
+        [
+            ("auto_dispatch", self.dispatch),
+            ("auto_link", self.link),
+            ("auto_respond", self.respond),
+            ("auto_update_ticket", self.update_ticket),
+            ("auto_update_deal", self.update_deal),
+            ("auto_add_note", self.add_note),
+            ("draft_replies", self.draft_replies),
+        ]
+    }
+}
+
+/// Delivery verification. A request passes when any configured scheme verifies it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerificationSpec {
+    /// Zoho Desk's native scheme: an RS256 JWT in the `X-ZDesk-JWT` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoho_jwt: Option<ZohoJwtSpec>,
+    /// Shared-secret HMAC-SHA256 of the raw body. Active when secrets are provided through
+    /// `ZOHO_WEBHOOK_SECRET` or `--hmac-secret-file`; this section only says where the
+    /// signature is and how it is encoded.
+    #[serde(default)]
+    pub hmac: HmacSpec,
+}
+
+/// Settings of Zoho Desk's native JWT verification.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZohoJwtSpec {
+    /// The Zoho Desk organization id; tokens must carry `iss: orgId:<orgId>`.
+    pub org_id: String,
+    /// Accepted webhook ids; tokens must carry `aud: webhookId:<id>` for one of them.
+    pub webhook_ids: Vec<String>,
+    /// Where the signing keys are published. Defaults to the JWKS of the region's Desk host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+}
+
+/// Where the HMAC signature is carried and how it is encoded.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HmacSpec {
+    /// Request header holding the signature.
+    #[serde(default = "default_hmac_header")]
+    pub header: String,
+    /// Encoding of the signature: `hex` (case-insensitive) or `base64`.
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+}
+
+impl Default for HmacSpec {
+    fn default() -> Self {
+        Self {
+            header: default_hmac_header(),
+            encoding: SignatureEncoding::Hex,
+        }
+    }
+}
+
+/// Encoding of an HMAC signature header.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    /// Lower- or upper-case hexadecimal, optionally prefixed with `sha256=`.
+    #[default]
+    Hex,
+    /// Standard base64, optionally prefixed with `sha256=`.
+    Base64,
+}
+
+/// The work queue.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Events waiting to run, at most. A full queue answers 503 so nothing is dropped silently.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Workers running the automation concurrently in each pod.
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+    /// A delivery identical to one accepted within this many seconds is acknowledged as a
+    /// duplicate and not run again. 0 turns deduplication off.
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window_seconds: u64,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            capacity: default_capacity(),
+            workers: default_workers(),
+            dedupe_window_seconds: default_dedupe_window(),
+        }
+    }
+}
+
+/// The Zoho portal.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZohoSpec {
+    /// Zoho data centre: `com` (US), `eu`, `in`, `com.au`, `jp`, `ca`, `sa`, `uk`, `com.cn`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The Zoho Desk organization id, sent as the `orgId` header on Desk API calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+}
+
+impl Default for ZohoSpec {
+    fn default() -> Self {
+        Self {
+            region: default_region(),
+            org_id: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_events() -> Vec<String> {
+    ["Ticket_Add", "Ticket_Update", "Ticket_Thread_Add"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_hmac_header() -> String {
+    "X-Zoho-Signature".to_owned()
+}
+
+fn default_capacity() -> u32 {
+    10_000
+}
+
+fn default_workers() -> u32 {
+    4
+}
+
+fn default_dedupe_window() -> u64 {
+    86_400
+}
+
+fn default_region() -> String {
+    "com".to_owned()
+}

@@ -1,0 +1,472 @@
+//! Zoho Desk payloads → [`TicketEvent`]s.
+//!
+//! Zoho's native delivery is a JSON array of `{eventType, eventTime, orgId, payload, prevState}`
+//! objects (zero or more). The original guide and the Python server used object shapes
+//! (`ticket.id`, `id`, `entityId`, nested `data`, and `ticket_id`/`ticketId` from Deluge
+//! functions); all are accepted. Parsing is pure, never panics, and keeps ids as exact strings:
+//! a 19-digit id sent as a JSON number must not pass through a float.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Deepest `data` nesting searched in the legacy object shapes.
+const MAX_DATA_DEPTH: usize = 8;
+/// Largest id accepted, in digits: Zoho ids are 16 to 19 digits, room is left for growth.
+const MAX_ID_LEN: usize = 32;
+
+/// One ticket event, ready to be queued.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TicketEvent {
+    /// The ticket id, as an exact decimal string.
+    pub ticket_id: String,
+    /// The event type, normalised to Zoho's names (`ticket.created` becomes `Ticket_Add`).
+    pub event_type: String,
+    /// Zoho Desk organization id, when the payload carries one.
+    pub org_id: Option<String>,
+    /// Event time in epoch milliseconds, when the payload carries one.
+    pub event_time_ms: Option<i64>,
+    /// The resource as delivered (the ticket, or the thread for thread events): a hint only,
+    /// since the body proves nothing about the ticket's current state.
+    pub payload: Value,
+    /// Identity of this delivery for deduplication: SHA-256 over org, type, ticket, time and
+    /// payload.
+    pub dedupe_key: [u8; 32],
+}
+
+impl TicketEvent {
+    /// Department id carried by the payload, if any.
+    pub fn department_id(&self) -> Option<String> {
+        self.payload.get("departmentId").and_then(id_string)
+    }
+
+    /// Department name carried by the payload, if any (`departmentName` or `department.name`).
+    pub fn department_name(&self) -> Option<&str> {
+        self.payload
+            .get("departmentName")
+            .and_then(Value::as_str)
+            .or_else(|| {
+                self.payload
+                    .get("department")
+                    .and_then(|d| d.get("name").or(Some(d)))
+                    .and_then(Value::as_str)
+            })
+    }
+}
+
+/// What a delivery contained.
+#[derive(Debug, Default, PartialEq)]
+pub struct Delivery {
+    /// Events carrying a ticket id.
+    pub events: Vec<TicketEvent>,
+    /// Events that belong to tickets but carry no usable ticket id, by event type.
+    pub missing_ticket_id: Vec<String>,
+    /// Events of other modules (contacts, agents, …), by event type.
+    pub not_ticket_events: Vec<String>,
+}
+
+impl Delivery {
+    /// True when the body described no event at all (an empty array, `{}`, a validation ping).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.missing_ticket_id.is_empty()
+            && self.not_ticket_events.is_empty()
+    }
+}
+
+/// Why a body could not be read as a delivery.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The body is not JSON (or nests deeper than the parser allows).
+    #[error("invalid JSON payload: {0}")]
+    InvalidJson(String),
+    /// The body is JSON but neither an array of events nor an object.
+    #[error("payload is neither an array of events nor an object")]
+    UnexpectedShape,
+}
+
+/// Parses a raw body into a [`Delivery`].
+pub fn parse_delivery(body: &[u8]) -> Result<Delivery, ParseError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Delivery::default());
+    }
+    // serde_json limits nesting to 128 levels, so hostile depth is an error, not a stack overflow.
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.classify_name()))?;
+    let mut delivery = Delivery::default();
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(object) => collect_native(object, &mut delivery),
+                    _ => delivery.missing_ticket_id.push("unknown".to_owned()),
+                }
+            }
+        }
+        Value::Object(object) if is_native_event(&object) => collect_native(object, &mut delivery),
+        Value::Object(object) => collect_legacy(object, &mut delivery),
+        _ => return Err(ParseError::UnexpectedShape),
+    }
+    Ok(delivery)
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> String;
+}
+
+impl ClassifyName for serde_json::Error {
+    /// A short, input-free description: error bodies and logs must never echo the payload.
+    fn classify_name(&self) -> String {
+        let kind = match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "data error",
+            serde_json::error::Category::Eof => "unexpected end of input",
+        };
+        format!("{kind} at line {} column {}", self.line(), self.column())
+    }
+}
+
+fn is_native_event(object: &Map<String, Value>) -> bool {
+    object.contains_key("payload") && object.get("eventType").is_some_and(Value::is_string)
+}
+
+/// One element of Zoho's native array.
+fn collect_native(object: Map<String, Value>, delivery: &mut Delivery) {
+    let event_type = object
+        .get("eventType")
+        .and_then(Value::as_str)
+        .map(normalise_event_type)
+        .unwrap_or_else(|| "unknown".to_owned());
+    let payload = object.get("payload").cloned().unwrap_or(Value::Null);
+    let ticket_id = native_ticket_id(&event_type, &payload);
+    let Some(ticket_id) = ticket_id else {
+        if is_other_module(&event_type) {
+            delivery.not_ticket_events.push(event_type);
+        } else {
+            delivery.missing_ticket_id.push(event_type);
+        }
+        return;
+    };
+    let org_id = object.get("orgId").and_then(id_string);
+    let event_time_ms = object.get("eventTime").and_then(epoch_millis);
+    delivery.events.push(TicketEvent::new(
+        ticket_id,
+        event_type,
+        org_id,
+        event_time_ms,
+        payload,
+    ));
+}
+
+/// Thread, comment, attachment and approval events name their ticket in `ticketId`; ticket
+/// events are the ticket itself. Events of other modules have no ticket.
+fn native_ticket_id(event_type: &str, payload: &Value) -> Option<String> {
+    if let Some(id) = payload.get("ticketId").and_then(id_string) {
+        return Some(id);
+    }
+    if is_other_module(event_type) {
+        return None;
+    }
+    let is_ticket_itself = matches!(event_type, "Ticket_Add" | "Ticket_Update" | "Ticket_Delete")
+        || !event_type.starts_with("Ticket_");
+    if is_ticket_itself {
+        payload.get("id").and_then(id_string)
+    } else {
+        None
+    }
+}
+
+/// Known Zoho modules whose events are not about a ticket.
+fn is_other_module(event_type: &str) -> bool {
+    const OTHER: [&str; 14] = [
+        "Contact_",
+        "Account_",
+        "Agent_",
+        "Department_",
+        "Task_",
+        "Call_",
+        "Event_",
+        "TimeEntry_",
+        "Article_",
+        "KBRootCategory_",
+        "KBSection_",
+        "IM_",
+        "Product_",
+        "Contract_",
+    ];
+    OTHER.iter().any(|prefix| event_type.starts_with(prefix))
+}
+
+/// The seed's and the Python server's object shapes.
+fn collect_legacy(object: Map<String, Value>, delivery: &mut Delivery) {
+    let event_type = ["event_type", "eventType", "event"]
+        .iter()
+        .find_map(|key| object.get(*key).and_then(Value::as_str))
+        .map(normalise_event_type)
+        // A Deluge function posting `{ticket_id}` asks for the ticket to be looked at again.
+        .unwrap_or_else(|| "Ticket_Update".to_owned());
+    let Some(ticket_id) = legacy_ticket_id(&object, 0) else {
+        delivery.missing_ticket_id.push(event_type);
+        return;
+    };
+    let org_id = object.get("orgId").and_then(id_string);
+    let event_time_ms = ["eventTime", "timestamp"]
+        .iter()
+        .find_map(|key| object.get(*key).and_then(epoch_millis));
+    let payload = match object.get("ticket") {
+        Some(ticket @ Value::Object(_)) => ticket.clone(),
+        _ => Value::Object(object),
+    };
+    delivery.events.push(TicketEvent::new(
+        ticket_id,
+        event_type,
+        org_id,
+        event_time_ms,
+        payload,
+    ));
+}
+
+/// `ticket.id`, then `ticket_id`/`ticketId`, then `id`, then `entityId`, then the same inside
+/// `data`, recursively.
+fn legacy_ticket_id(object: &Map<String, Value>, depth: usize) -> Option<String> {
+    let direct = object
+        .get("ticket")
+        .and_then(|ticket| ticket.get("id"))
+        .and_then(id_string)
+        .or_else(|| {
+            ["ticket_id", "ticketId", "id", "entityId"]
+                .iter()
+                .find_map(|key| object.get(*key).and_then(id_string))
+        });
+    if direct.is_some() || depth >= MAX_DATA_DEPTH {
+        return direct;
+    }
+    match object.get("data") {
+        Some(Value::Object(inner)) => legacy_ticket_id(inner, depth + 1),
+        _ => None,
+    }
+}
+
+/// Maps the names used by the original guide to Zoho's event names; others are kept as sent.
+pub fn normalise_event_type(raw: &str) -> String {
+    let mapped = match raw.to_ascii_lowercase().as_str() {
+        "ticket.created" | "ticket_created" | "ticket.add" => "Ticket_Add",
+        "ticket.updated" | "ticket.status_changed" | "ticket.assigned" | "ticket_updated" => {
+            "Ticket_Update"
+        }
+        "ticket.comment_added" | "ticket.comment.added" => "Ticket_Comment_Add",
+        "ticket.thread_added" | "ticket.reply_added" => "Ticket_Thread_Add",
+        _ => return raw.chars().take(64).collect(),
+    };
+    mapped.to_owned()
+}
+
+/// An id as an exact decimal string: a string of digits, or a JSON integer.
+fn id_string(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        _ => return None,
+    };
+    let valid =
+        !text.is_empty() && text.len() <= MAX_ID_LEN && text.bytes().all(|b| b.is_ascii_digit());
+    valid.then_some(text)
+}
+
+/// `eventTime` as epoch milliseconds, from a string or a number; values below 10¹¹ are taken
+/// as seconds.
+fn epoch_millis(value: &Value) -> Option<i64> {
+    let raw = match value {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))?,
+        Value::String(s) => s.trim().parse::<i64>().ok()?,
+        _ => return None,
+    };
+    Some(if raw.abs() < 100_000_000_000 {
+        raw.saturating_mul(1000)
+    } else {
+        raw
+    })
+}
+
+impl TicketEvent {
+    /// Builds an event and its deduplication key.
+    pub fn new(
+        ticket_id: String,
+        event_type: String,
+        org_id: Option<String>,
+        event_time_ms: Option<i64>,
+        payload: Value,
+    ) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [org_id.as_deref().unwrap_or(""), &event_type, &ticket_id] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(event_time_ms.unwrap_or(0).to_be_bytes());
+        // `Value` keeps object keys sorted, so equal payloads serialise to equal bytes.
+        hasher.update(serde_json::to_vec(&payload).unwrap_or_default());
+        Self {
+            ticket_id,
+            event_type,
+            org_id,
+            event_time_ms,
+            payload,
+            dedupe_key: hasher.finalize().into(),
+        }
+    }
+
+    /// An event built for a manual run (`/webhook/test`), keyed on the ticket alone.
+    pub fn manual(ticket_id: String) -> Self {
+        Self::new(ticket_id, "Manual".to_owned(), None, None, Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(delivery: &Delivery) -> Vec<&str> {
+        delivery
+            .events
+            .iter()
+            .map(|e| e.ticket_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn native_array_with_numeric_18_digit_id_keeps_every_digit() {
+        let body = br#"[{"eventType":"Ticket_Add","eventTime":1714560000000,"orgId":700000001,
+            "payload":{"id":198709000438366101,"subject":"x"}}]"#;
+        let delivery = parse_delivery(body).unwrap();
+        assert_eq!(ids(&delivery), ["198709000438366101"]);
+        assert_eq!(delivery.events[0].org_id.as_deref(), Some("700000001"));
+        assert_eq!(delivery.events[0].event_time_ms, Some(1_714_560_000_000));
+    }
+
+    #[test]
+    fn thread_events_name_their_ticket_in_ticket_id() {
+        let body = br#"[{"eventType":"Ticket_Thread_Add","eventTime":"1714560100000","orgId":"1",
+            "payload":{"id":"1892000000099001","ticketId":"1892000000042034"},"prevState":null}]"#;
+        assert_eq!(ids(&parse_delivery(body).unwrap()), ["1892000000042034"]);
+    }
+
+    #[test]
+    fn thread_event_without_ticket_id_is_missing_not_the_thread_id() {
+        let body = br#"[{"eventType":"Ticket_Comment_Add","payload":{"id":"1892000000099001"}}]"#;
+        let delivery = parse_delivery(body).unwrap();
+        assert!(delivery.events.is_empty());
+        assert_eq!(delivery.missing_ticket_id, ["Ticket_Comment_Add"]);
+    }
+
+    #[test]
+    fn contact_events_are_not_ticket_events() {
+        let body = br#"[{"eventType":"Contact_Add","payload":{"id":"42"}}]"#;
+        let delivery = parse_delivery(body).unwrap();
+        assert!(delivery.events.is_empty() && delivery.missing_ticket_id.is_empty());
+        assert_eq!(delivery.not_ticket_events, ["Contact_Add"]);
+    }
+
+    #[test]
+    fn empty_array_and_blank_body_are_empty_deliveries() {
+        assert!(parse_delivery(b"[]").unwrap().is_empty());
+        assert!(parse_delivery(b"  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn seed_object_shapes_are_accepted() {
+        let cases: [(&[u8], &str, &str); 6] = [
+            (
+                br#"{"ticket":{"id":"198709000438366101"},"event_type":"ticket.created"}"#,
+                "198709000438366101",
+                "Ticket_Add",
+            ),
+            (
+                br#"{"id":"123","eventType":"ticket.updated"}"#,
+                "123",
+                "Ticket_Update",
+            ),
+            (br#"{"entityId":456}"#, "456", "Ticket_Update"),
+            (
+                br#"{"data":{"data":{"ticket":{"id":"789"}}}}"#,
+                "789",
+                "Ticket_Update",
+            ),
+            (br#"{"ticket_id":"101"}"#, "101", "Ticket_Update"),
+            (
+                br#"{"ticketId":1234567890123456789,"event_type":"Ticket_Thread_Add"}"#,
+                "1234567890123456789",
+                "Ticket_Thread_Add",
+            ),
+        ];
+        for (body, id, event_type) in cases {
+            let delivery = parse_delivery(body).unwrap();
+            assert_eq!(ids(&delivery), [id], "{}", String::from_utf8_lossy(body));
+            assert_eq!(delivery.events[0].event_type, event_type);
+        }
+    }
+
+    #[test]
+    fn a_single_native_event_object_is_accepted() {
+        let body = br#"{"eventType":"Ticket_Update","payload":{"id":"55"}}"#;
+        assert_eq!(ids(&parse_delivery(body).unwrap()), ["55"]);
+    }
+
+    #[test]
+    fn unknown_event_types_are_kept() {
+        let body = br#"[{"eventType":"Ticket_Escalation_Add","payload":{"ticketId":"9"}}]"#;
+        assert_eq!(
+            parse_delivery(body).unwrap().events[0].event_type,
+            "Ticket_Escalation_Add"
+        );
+    }
+
+    #[test]
+    fn float_and_non_digit_ids_are_not_ids() {
+        for body in [
+            br#"{"id":1.5e18}"#.as_slice(),
+            br#"{"id":"12ab"}"#,
+            br#"{"id":-5}"#,
+        ] {
+            assert!(parse_delivery(body).unwrap().events.is_empty());
+        }
+    }
+
+    #[test]
+    fn invalid_json_and_scalars_are_errors() {
+        assert!(matches!(
+            parse_delivery(b"{nope"),
+            Err(ParseError::InvalidJson(_))
+        ));
+        assert_eq!(parse_delivery(b"42"), Err(ParseError::UnexpectedShape));
+    }
+
+    #[test]
+    fn event_time_in_seconds_becomes_milliseconds() {
+        assert_eq!(
+            epoch_millis(&Value::from(1_714_560_000)),
+            Some(1_714_560_000_000)
+        );
+        assert_eq!(
+            epoch_millis(&Value::from("1714560000000")),
+            Some(1_714_560_000_000)
+        );
+    }
+
+    #[test]
+    fn identical_events_share_a_dedupe_key_and_different_times_do_not() {
+        let a = parse_delivery(
+            br#"[{"eventType":"Ticket_Update","eventTime":"1","payload":{"id":"7","b":1,"a":2}}]"#,
+        )
+        .unwrap();
+        let b = parse_delivery(
+            br#"[{"eventType":"Ticket_Update","eventTime":"1","payload":{"a":2,"id":"7","b":1}}]"#,
+        )
+        .unwrap();
+        let c = parse_delivery(
+            br#"[{"eventType":"Ticket_Update","eventTime":"2","payload":{"id":"7","b":1,"a":2}}]"#,
+        )
+        .unwrap();
+        assert_eq!(a.events[0].dedupe_key, b.events[0].dedupe_key);
+        assert_ne!(a.events[0].dedupe_key, c.events[0].dedupe_key);
+    }
+}

@@ -1,0 +1,72 @@
+//! The HTTP surface: the public webhook router and the admin (metrics) router.
+//!
+//! Routers are pure functions of [`AppState`] so tests can drive them without a socket; the
+//! server binds them to two listeners, so `/metrics` is never reachable from the ingress.
+
+mod admin;
+mod reply;
+mod webhook;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::config::{SettingsHandle, WatchedSecrets};
+use crate::decisions::DecisionLog;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::verify::Verifier;
+use crate::workflow::Workflow;
+
+pub use webhook::MAX_BODY_BYTES;
+
+/// Everything a handler may read; cloned per request (all fields are shared handles).
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: SettingsHandle,
+    pub verifier: Arc<Verifier>,
+    pub queue: Arc<dyn Queue>,
+    pub workflow: Arc<dyn Workflow>,
+    pub metrics: Arc<Metrics>,
+    pub decisions: Arc<DecisionLog>,
+    /// Bearer tokens for the admin endpoints; empty means those endpoints are off.
+    pub admin_tokens: WatchedSecrets,
+    pub draining: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// Ready when settings are loaded, the queue accepts and no shutdown is under way.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.queue.is_accepting()
+    }
+}
+
+/// The public router: what the ingress exposes.
+pub fn webhook_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/ready", get(admin::ready))
+        .route(
+            "/webhook/zoho-desk",
+            post(webhook::receive).get(webhook::validation_get),
+        )
+        .route("/webhook/test", post(admin::test_run))
+        .route("/webhook/stats", get(admin::stats))
+        .route("/webhook/decisions", get(admin::decisions))
+        .fallback(reply::not_found)
+        .with_state(state)
+}
+
+/// The admin router on the metrics listener: metrics and probes, never the webhook.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route("/health", get(admin::health))
+        .route("/ready", get(admin::ready))
+        .fallback(reply::not_found)
+        .with_state(state)
+}

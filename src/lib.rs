@@ -1,0 +1,38 @@
+//! deskhook turns Zoho Desk ticket events into safe, gradual support automation.
+//!
+//! # How one event flows
+//!
+//! ```text
+//! Zoho Desk ──POST──▶ http::webhook ──▶ verify (Zoho JWT | HMAC) on the raw bytes
+//!                                        ▼
+//!                                     event::parse_delivery → TicketEvent[]
+//!                                        ▼
+//!                                     queue (dedupe, one run per ticket at a time, capacity)
+//!            200 only after this ◀───────┘
+//!                                        ▼
+//!                                     worker ──▶ workflow (one settings snapshot per job)
+//!                                                   ▼
+//!                                                decision report ──▶ decisions, logs, metrics
+//!
+//! settings: file | environment | Kubernetes ──▶ config::SettingsHandle (atomic swap)
+//! ```
+//!
+//! Every module owns one noun: `crd` the resource types, `config` the validated settings and
+//! their sources, `verify` signatures, `event` payload parsing, `queue` the hand-off to
+//! workers, `workflow` the automation, `http` the routers, `metrics` and `telemetry`
+//! observability, `server` the wiring of a running process.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod crd;
+pub mod decisions;
+pub mod event;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod region;
+pub mod server;
+pub mod telemetry;
+pub mod verify;
+pub mod worker;
+pub mod workflow;

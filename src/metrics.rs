@@ -1,0 +1,175 @@
+//! Prometheus metrics, registered once per process in one registry with the `deskhook_` prefix.
+//!
+//! Every label has a bounded set of values (outcomes, schemes, reasons, step names): nothing
+//! from a request ends up in a label.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::Settings;
+
+/// All of deskhook's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub webhook_requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub signature_failures: IntCounterVec,
+    pub signature_verified: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub payload_parse_errors: IntCounter,
+    pub missing_ticket_id: IntCounter,
+    pub events: IntCounterVec,
+    pub workflow_runs: IntCounterVec,
+    pub workflow_errors: IntCounterVec,
+    pub queue_depth: IntGauge,
+    pub queue_capacity: IntGauge,
+    pub automation_enabled: IntGaugeVec,
+    pub config_generation: IntGauge,
+    pub config_reload_errors: IntCounter,
+    pub verification_disabled: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("deskhook".into()), None)
+            .expect("a constant prefix is a valid registry");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("registered once");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("registered once");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("registered once");
+            metric
+        };
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_request_duration_seconds",
+                "Time to answer a webhook delivery, from the first byte read to the answer.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("registered once");
+        let automation_enabled = IntGaugeVec::new(
+            Opts::new(
+                "automation_enabled",
+                "1 when the automation flag is on in the settings in force, else 0.",
+            ),
+            &["flag"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(automation_enabled.clone()))
+            .expect("registered once");
+
+        Self {
+            webhook_requests: counter_vec(
+                "webhook_requests_total",
+                "Webhook deliveries by outcome (accepted, validation, unauthorized, bad_request, too_large, unavailable).",
+                &["outcome"],
+            ),
+            request_duration,
+            signature_failures: counter_vec(
+                "signature_failures_total",
+                "Deliveries refused because no configured scheme verified them, by scheme tried.",
+                &["scheme"],
+            ),
+            signature_verified: counter_vec(
+                "signature_verified_total",
+                "Deliveries verified, by scheme and index of the key that matched.",
+                &["scheme", "key"],
+            ),
+            rejections: counter_vec(
+                "webhook_rejections_total",
+                "Deliveries refused, by bounded reason.",
+                &["reason"],
+            ),
+            payload_parse_errors: counter(
+                "payload_parse_errors_total",
+                "Verified deliveries whose body is not a valid JSON payload.",
+            ),
+            missing_ticket_id: counter(
+                "missing_ticket_id_total",
+                "Ticket events that carried no usable ticket id.",
+            ),
+            events: counter_vec(
+                "events_total",
+                "Events read from deliveries, by what became of them (queued, duplicate, ignored).",
+                &["status"],
+            ),
+            workflow_runs: counter_vec(
+                "workflow_runs_total",
+                "Automation runs by result (success, failed, retried).",
+                &["result"],
+            ),
+            workflow_errors: counter_vec(
+                "workflow_errors_total",
+                "Automation steps that failed, by step.",
+                &["step"],
+            ),
+            queue_depth: gauge("queue_depth", "Events waiting in the queue."),
+            queue_capacity: gauge("queue_capacity", "Events the queue holds at most."),
+            automation_enabled,
+            config_generation: gauge(
+                "config_generation",
+                "Generation of the settings in force in this pod.",
+            ),
+            config_reload_errors: counter(
+                "config_reload_errors_total",
+                "Settings edits refused because they were invalid; the last good settings stayed.",
+            ),
+            verification_disabled: gauge(
+                "verification_disabled",
+                "1 when the server runs with --insecure-no-verification.",
+            ),
+            registry,
+        }
+    }
+
+    /// Records the flags and generation of the settings now in force.
+    pub fn observe_settings(&self, settings: &Settings) {
+        for (name, on) in settings.flags().named() {
+            let flag = name.trim_start_matches("auto_");
+            self.automation_enabled
+                .with_label_values(&[flag])
+                .set(i64::from(on));
+        }
+        self.config_generation.set(settings.generation);
+        self.queue_capacity
+            .set(i64::from(settings.queue().capacity));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,345 @@
+//! The in-process queue: bounded, deduplicating, serialised per ticket.
+//!
+//! One `std::sync::Mutex` guards all state; it is held only for a few map operations and never
+//! across an `.await`, which is cheaper than an async lock on this hot path.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
+use crate::event::TicketEvent;
+
+/// Deduplication keys remembered at most; the oldest are forgotten first, so memory stays
+/// bounded whatever the window (about 5 MB).
+const DEDUPE_MAX_KEYS: usize = 65_536;
+
+#[derive(Default)]
+struct TicketSlot {
+    pending: Option<Job>,
+    running: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Tickets with a pending job and nothing running, in arrival order.
+    ready: VecDeque<String>,
+    tickets: HashMap<String, TicketSlot>,
+    seen: HashMap<[u8; 32], Instant>,
+    seen_order: VecDeque<([u8; 32], Instant)>,
+}
+
+impl Inner {
+    fn forget_expired(&mut self, window: Duration, now: Instant) {
+        while let Some((key, at)) = self.seen_order.front().copied() {
+            let expired = now.duration_since(at) >= window;
+            if !expired && self.seen_order.len() <= DEDUPE_MAX_KEYS {
+                break;
+            }
+            self.seen_order.pop_front();
+            if self.seen.get(&key) == Some(&at) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
+    fn is_duplicate(&mut self, key: &[u8; 32], window: Duration, now: Instant) -> bool {
+        if window.is_zero() {
+            return false;
+        }
+        self.forget_expired(window, now);
+        self.seen
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < window)
+    }
+
+    fn remember(&mut self, key: [u8; 32], window: Duration, now: Instant) {
+        if !window.is_zero() {
+            self.seen.insert(key, now);
+            self.seen_order.push_back((key, now));
+        }
+    }
+
+    /// Puts `job` as its ticket's pending job; returns true when it replaced an older one.
+    fn put(&mut self, job: Job) -> bool {
+        let ticket = job.event.ticket_id.clone();
+        let slot = self.tickets.entry(ticket.clone()).or_default();
+        let replaced = slot.pending.replace(job).is_some();
+        if !replaced && !slot.running {
+            self.ready.push_back(ticket);
+        }
+        replaced
+    }
+
+    fn take_ready(&mut self) -> Option<Job> {
+        while let Some(ticket) = self.ready.pop_front() {
+            if let Some(slot) = self.tickets.get_mut(&ticket)
+                && let Some(job) = slot.pending.take()
+            {
+                slot.running = true;
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// Ends the run of a ticket; a job that arrived meanwhile becomes ready.
+    fn release(&mut self, ticket: &str) {
+        let Some(slot) = self.tickets.get_mut(ticket) else {
+            return;
+        };
+        slot.running = false;
+        if slot.pending.is_some() {
+            self.ready.push_back(ticket.to_owned());
+        } else {
+            self.tickets.remove(ticket);
+        }
+    }
+}
+
+/// A bounded in-process queue with a worker-facing claim API.
+#[derive(Default)]
+pub struct MemoryQueue {
+    inner: Mutex<Inner>,
+    /// Pending jobs (ready or waiting for their ticket), kept outside the lock for `depth`.
+    depth: AtomicUsize,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    async fn accept(
+        &self,
+        event: TicketEvent,
+        policy: AcceptPolicy,
+    ) -> Result<Accepted, QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let now = Instant::now();
+        let accepted = {
+            let mut inner = self.lock();
+            if inner.is_duplicate(&event.dedupe_key, policy.dedupe_window, now) {
+                return Ok(Accepted::Duplicate);
+            }
+            let has_pending = inner
+                .tickets
+                .get(&event.ticket_id)
+                .is_some_and(|slot| slot.pending.is_some());
+            if !has_pending && self.depth.load(Ordering::Relaxed) >= policy.capacity {
+                return Err(QueueError::Full);
+            }
+            inner.remember(event.dedupe_key, policy.dedupe_window, now);
+            let job = Job {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                event,
+                attempt: 1,
+                enqueued_at: now,
+            };
+            if inner.put(job) {
+                Accepted::Coalesced
+            } else {
+                self.depth.fetch_add(1, Ordering::Relaxed);
+                Accepted::Queued
+            }
+        };
+        self.wake.notify_one();
+        Ok(accepted)
+    }
+
+    async fn claim(&self) -> Option<Job> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if let Some(job) = inner.take_ready() {
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    return Some(job);
+                }
+                if self.closed.load(Ordering::Acquire) && inner.tickets.is_empty() {
+                    drop(inner);
+                    self.wake.notify_waiters();
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn ack(&self, job: &Job) {
+        self.lock().release(&job.event.ticket_id);
+        self.wake.notify_one();
+    }
+
+    async fn retry(&self, job: Job, delay: Duration) {
+        let ticket = job.event.ticket_id.clone();
+        // The ticket stays marked running until the retry is due, so no other event for it
+        // overtakes the failed one; a newer event still coalesces into the retry.
+        let mut job = job;
+        job.attempt += 1;
+        tokio::time::sleep(delay).await;
+        let mut inner = self.lock();
+        if let Some(slot) = inner.tickets.get_mut(&ticket) {
+            slot.running = false;
+            if slot.pending.is_none() {
+                slot.pending = Some(job);
+                self.depth.fetch_add(1, Ordering::Relaxed);
+            }
+            inner.ready.push_back(ticket);
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    fn is_accepting(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    fn unfinished(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut ids: Vec<String> = inner.tickets.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(ticket: &str, n: u64) -> TicketEvent {
+        TicketEvent::new(
+            ticket.into(),
+            "Ticket_Update".into(),
+            None,
+            Some(n as i64),
+            json!({"n": n}),
+        )
+    }
+
+    fn policy(capacity: usize) -> AcceptPolicy {
+        AcceptPolicy {
+            capacity,
+            dedupe_window: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_delivery_is_recognised() {
+        let queue = MemoryQueue::new();
+        assert_eq!(
+            queue.accept(event("1", 1), policy(10)).await,
+            Ok(Accepted::Queued)
+        );
+        assert_eq!(
+            queue.accept(event("1", 1), policy(10)).await,
+            Ok(Accepted::Duplicate)
+        );
+        assert_eq!(queue.depth(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_window_turns_deduplication_off() {
+        let queue = MemoryQueue::new();
+        let off = AcceptPolicy {
+            capacity: 10,
+            dedupe_window: Duration::ZERO,
+        };
+        queue.accept(event("1", 1), off).await.unwrap();
+        let job = queue.claim().await.unwrap();
+        queue.ack(&job).await;
+        assert_eq!(queue.accept(event("1", 1), off).await, Ok(Accepted::Queued));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_new_tickets() {
+        let queue = MemoryQueue::new();
+        queue.accept(event("1", 1), policy(1)).await.unwrap();
+        assert_eq!(
+            queue.accept(event("2", 2), policy(1)).await,
+            Err(QueueError::Full)
+        );
+    }
+
+    #[tokio::test]
+    async fn events_for_a_running_ticket_coalesce_into_one_rerun() {
+        let queue = MemoryQueue::new();
+        queue.accept(event("1", 1), policy(10)).await.unwrap();
+        let first = queue.claim().await.unwrap();
+        assert_eq!(
+            queue.accept(event("1", 2), policy(10)).await,
+            Ok(Accepted::Queued)
+        );
+        assert_eq!(
+            queue.accept(event("1", 3), policy(10)).await,
+            Ok(Accepted::Coalesced)
+        );
+        // Nothing for ticket 1 may be claimed while it runs.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), queue.claim())
+                .await
+                .is_err()
+        );
+        queue.ack(&first).await;
+        let rerun = queue.claim().await.unwrap();
+        assert_eq!(rerun.event.event_time_ms, Some(3));
+        queue.ack(&rerun).await;
+        queue.close();
+        assert!(queue.claim().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_refuses_and_drains() {
+        let queue = MemoryQueue::new();
+        queue.accept(event("1", 1), policy(10)).await.unwrap();
+        queue.close();
+        assert_eq!(
+            queue.accept(event("2", 2), policy(10)).await,
+            Err(QueueError::Closed)
+        );
+        let job = queue.claim().await.unwrap();
+        assert_eq!(queue.unfinished(), ["1"]);
+        queue.ack(&job).await;
+        assert!(queue.claim().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_retried_job_runs_again_with_its_attempt_counted() {
+        let queue = MemoryQueue::new();
+        queue.accept(event("1", 1), policy(10)).await.unwrap();
+        let job = queue.claim().await.unwrap();
+        queue.retry(job, Duration::from_millis(1)).await;
+        let again = queue.claim().await.unwrap();
+        assert_eq!(again.attempt, 2);
+    }
+}

@@ -1,0 +1,274 @@
+//! A running deskhook process: listeners, workers, settings watchers and an orderly shutdown.
+//!
+//! Shutdown order: readiness goes false at once; after `shutdown_delay` (time for the load
+//! balancer to notice) the queue stops accepting (503) and the webhook listener closes; workers
+//! drain the queue within `shutdown_grace`; anything left is logged by ticket id. The admin
+//! listener stays up to the end so `/metrics` and `/ready` remain observable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{
+    self, InvalidSettings, Settings, SettingsHandle, SettingsSource, WatchedSecrets,
+};
+use crate::decisions::{DEFAULT_RETAINED, DecisionLog};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::queue::{MemoryQueue, Queue};
+use crate::verify::Verifier;
+use crate::worker::{WorkerContext, spawn_workers};
+use crate::workflow::{RecordingWorkflow, Workflow};
+
+/// What `deskhook serve` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    /// The `WebhookAutomation` YAML file; `None` reads the seed's environment variables.
+    pub config: Option<PathBuf>,
+    pub hmac_secrets: WatchedSecrets,
+    pub admin_tokens: WatchedSecrets,
+    pub insecure_no_verification: bool,
+    pub shutdown_delay: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    SettingsFile(#[from] config::SettingsFileError),
+    #[error("failed to read settings from the environment: {0}")]
+    Environment(#[from] config::InvalidFlagVariable),
+    #[error("settings from the environment are invalid: {0}")]
+    InvalidSettings(#[from] InvalidSettings),
+    #[error(
+        "no delivery verification is configured: set ZOHO_WEBHOOK_SECRET or --hmac-secret-file, \
+         or spec.verification.zohoJwt, or pass --insecure-no-verification for local testing"
+    )]
+    NoVerification,
+    #[error("failed to bind {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to build the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// Reads the settings to start with: the file when given, else the environment.
+pub fn initial_settings(
+    config_file: Option<&std::path::Path>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, ServeError> {
+    match config_file {
+        Some(path) => {
+            let ignored = config::seed_flags_in_env(&lookup);
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    variables = ?ignored,
+                    "automation flags come from the settings file; these environment variables are ignored"
+                );
+            }
+            Ok(config::load_settings_file(path, 1)?)
+        }
+        None => {
+            let spec = config::spec_from_env(lookup)?;
+            Ok(Settings::from_spec(spec, SettingsSource::Environment, 1)?)
+        }
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    finished: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Starts the shutdown sequence and waits for it to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.finished.await;
+    }
+
+    /// Waits until the server stops (after [`RunningServer::shutdown`] or a signal).
+    pub async fn wait(self) {
+        let _ = self.finished.await;
+    }
+
+    /// A handle that starts the shutdown sequence when sent `true`.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Builds the HTTP client shared by the JWKS cache and the Zoho clients.
+pub fn http_client() -> Result<reqwest::Client, ServeError> {
+    install_crypto_providers();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("deskhook/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ServeError::HttpClient)
+}
+
+/// One TLS and one JWT crypto provider per process, chosen explicitly.
+fn install_crypto_providers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+/// Starts listeners, workers and watchers with `settings` in force.
+pub async fn start(options: ServeOptions, settings: Settings) -> Result<RunningServer, ServeError> {
+    start_with(options, settings, Arc::new(RecordingWorkflow)).await
+}
+
+/// [`start`] with a given workflow.
+pub async fn start_with(
+    options: ServeOptions,
+    settings: Settings,
+    workflow: Arc<dyn Workflow>,
+) -> Result<RunningServer, ServeError> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+    let verifier = Arc::new(Verifier::new(
+        options.hmac_secrets.clone(),
+        http_client()?,
+        options.insecure_no_verification,
+    ));
+    let configured = verifier.schemes(&settings);
+    if configured.is_empty() {
+        return Err(ServeError::NoVerification);
+    }
+    if options.insecure_no_verification {
+        metrics.verification_disabled.set(1);
+        tracing::warn!(
+            "deliveries are NOT verified (--insecure-no-verification): never expose this server"
+        );
+    }
+    let workers = settings.queue().workers as usize;
+    metrics.observe_settings(&settings);
+    let settings_handle = SettingsHandle::new(settings);
+    if let Some(path) = &options.config {
+        config::watch_spec_file(path.clone(), settings_handle.clone(), metrics.clone());
+    }
+    options.hmac_secrets.spawn_watch("hmac secrets");
+    options.admin_tokens.spawn_watch("admin tokens");
+
+    let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::new());
+    let decisions = Arc::new(DecisionLog::new(DEFAULT_RETAINED));
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        settings: settings_handle.clone(),
+        verifier,
+        queue: queue.clone(),
+        workflow: workflow.clone(),
+        metrics: metrics.clone(),
+        decisions: decisions.clone(),
+        admin_tokens: options.admin_tokens.clone(),
+        draining: draining.clone(),
+        started,
+    };
+
+    let listener = bind(options.listen).await?;
+    let admin_listener = bind(options.metrics_listen).await?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+    let metrics_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: options.metrics_listen,
+            source,
+        })?;
+
+    let (stop, stop_signal) = watch::channel(false);
+    let (close_webhook, webhook_closed) = watch::channel(false);
+    let (close_admin, admin_closed) = watch::channel(false);
+    let webhook_server = tokio::spawn(
+        axum::serve(listener, http::webhook_router(state.clone()))
+            .with_graceful_shutdown(until_true(webhook_closed))
+            .into_future(),
+    );
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, http::admin_router(state.clone()))
+            .with_graceful_shutdown(until_true(admin_closed))
+            .into_future(),
+    );
+    let worker_tasks = spawn_workers(
+        &WorkerContext {
+            queue: queue.clone(),
+            workflow,
+            settings: settings_handle.clone(),
+            metrics: metrics.clone(),
+            decisions,
+        },
+        workers,
+    );
+    tracing::info!(
+        %addr,
+        %metrics_addr,
+        workers,
+        schemes = ?configured.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        source = %settings_handle.current().source,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "deskhook ready"
+    );
+
+    let finished = tokio::spawn(async move {
+        until_true(stop_signal).await;
+        draining.store(true, Ordering::Release);
+        tracing::info!("shutdown requested: readiness is now false");
+        tokio::time::sleep(options.shutdown_delay).await;
+        queue.close();
+        let _ = close_webhook.send(true);
+        let _ = webhook_server.await;
+        let drained = tokio::time::timeout(options.shutdown_grace, async {
+            for task in worker_tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!("shutdown complete: every queued event was processed"),
+            Err(_) => tracing::error!(
+                unfinished_ticket_ids = ?queue.unfinished(),
+                grace_seconds = options.shutdown_grace.as_secs(),
+                "shutdown grace period ended with unfinished work"
+            ),
+        }
+        let _ = close_admin.send(true);
+        let _ = admin_server.await;
+    });
+
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        state,
+        stop,
+        finished,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn until_true(mut signal: watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,128 @@
+//! Workers: claim a job, run the workflow under one settings snapshot, ack or retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SettingsHandle;
+use crate::decisions::DecisionLog;
+use crate::metrics::Metrics;
+use crate::queue::{Job, Queue};
+use crate::workflow::{DecisionReport, Workflow};
+
+/// Runs of one job at most, the first included.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// What a worker needs.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub queue: Arc<dyn Queue>,
+    pub workflow: Arc<dyn Workflow>,
+    pub settings: SettingsHandle,
+    pub metrics: Arc<Metrics>,
+    pub decisions: Arc<DecisionLog>,
+}
+
+/// Starts `count` workers; each ends when the queue is closed and drained.
+pub fn spawn_workers(context: &WorkerContext, count: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count.max(1))
+        .map(|index| {
+            let context = context.clone();
+            tokio::spawn(async move { context.work(index).await })
+        })
+        .collect()
+}
+
+/// Delay before attempt `attempt + 1`: exponential from 1 s, with jitter so retries of a
+/// burst do not all land at once.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.clamp(1, 6).saturating_sub(1));
+    let jitter = Duration::from_millis(u64::from(std::process::id() ^ attempt) % 250);
+    base + jitter
+}
+
+impl WorkerContext {
+    async fn work(self, index: usize) {
+        while let Some(job) = self.queue.claim().await {
+            self.metrics.queue_depth.set(self.queue.depth() as i64);
+            let settings = self.settings.current();
+            let report = self.workflow.run(&job, &settings).await;
+            self.settle(job, report).await;
+        }
+        tracing::debug!(worker = index, "worker stopped: queue closed and drained");
+    }
+
+    async fn settle(&self, job: Job, report: DecisionReport) {
+        let failure = report.failure().cloned();
+        match failure {
+            None => {
+                self.metrics
+                    .workflow_runs
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(
+                    ticket_id = %report.ticket_id,
+                    event_type = %report.event_type,
+                    attempt = job.attempt,
+                    duration_ms = report.duration_ms,
+                    steps = %summary(&report),
+                    "workflow finished"
+                );
+                self.decisions.push(report);
+                self.queue.ack(&job).await;
+            }
+            Some(step) => {
+                self.metrics
+                    .workflow_errors
+                    .with_label_values(&[step.step.as_str()])
+                    .inc();
+                tracing::error!(
+                    ticket_id = %report.ticket_id,
+                    event_type = %report.event_type,
+                    attempt = job.attempt,
+                    step = %step.step,
+                    error = %step.detail,
+                    "Error processing webhook"
+                );
+                self.decisions.push(report);
+                if step.retryable && job.attempt < MAX_ATTEMPTS {
+                    self.metrics
+                        .workflow_runs
+                        .with_label_values(&["retried"])
+                        .inc();
+                    let queue = self.queue.clone();
+                    let delay = retry_delay(job.attempt);
+                    tokio::spawn(async move { queue.retry(job, delay).await });
+                } else {
+                    self.metrics
+                        .workflow_runs
+                        .with_label_values(&["failed"])
+                        .inc();
+                    self.queue.ack(&job).await;
+                }
+            }
+        }
+        self.metrics.queue_depth.set(self.queue.depth() as i64);
+    }
+}
+
+/// `dispatch=done link=skipped: flag off …`, for one log line per run.
+fn summary(report: &DecisionReport) -> String {
+    report
+        .steps
+        .iter()
+        .map(|s| format!("{}={}", s.step, s.status.as_str()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_stay_bounded() {
+        assert!(retry_delay(1) < Duration::from_secs(2));
+        assert!(retry_delay(3) >= Duration::from_secs(4));
+        assert!(retry_delay(30) < Duration::from_secs(33));
+    }
+}
