@@ -158,6 +158,12 @@ impl Metrics {
             .set(i64::from(settings.queue().capacity));
     }
 
+    /// The registry, for subsystems that register their own metrics (the Zoho clients, the
+    /// Kubernetes watcher) under the same prefix.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
