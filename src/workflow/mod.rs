@@ -3,7 +3,11 @@
 //! Workers hand each job and the settings snapshot of its start to a [`Workflow`], which
 //! returns a [`DecisionReport`]: what it decided, and what each step did or why it did not.
 
+pub mod linking;
+pub mod reply;
 pub mod report;
+pub mod rules;
+pub mod text;
 
 use async_trait::async_trait;
 

@@ -4,8 +4,15 @@
 //! job of `config`; the field doc comments become the schema's descriptions, so they are
 //! written for the people who run `kubectl edit`.
 
+mod routing;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use routing::{
+    DealPreference, FieldCondition, LinkingSpec, LlmSpec, RepliesSpec, RoutingRule, RuleConditions,
+    RuleOutcome, TextCondition,
+};
 
 /// API group of the resource.
 pub const GROUP: &str = "deskhook.dev";
@@ -54,6 +61,15 @@ pub struct WebhookAutomationSpec {
     /// The Zoho portal deskhook talks to.
     #[serde(default)]
     pub zoho: ZohoSpec,
+    /// How the CRM deal behind a ticket is found.
+    #[serde(default)]
+    pub linking: LinkingSpec,
+    /// Routing rules, evaluated in priority order; the first match decides.
+    #[serde(default)]
+    pub routing: Vec<RoutingRule>,
+    /// Reply templates and sender addresses.
+    #[serde(default)]
+    pub replies: RepliesSpec,
 }
 
 /// The seed's six automation flags plus `draftReplies`. Defaults are the seed's Level 1:
@@ -219,6 +235,17 @@ pub struct ZohoSpec {
     /// The Zoho Desk organization id, sent as the `orgId` header on Desk API calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
+    /// The webhook's `ignoreSourceId` (a UUID): sent as the `sourceId` header on every Desk
+    /// write so Zoho does not fire the webhook for deskhook's own changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_source_id: Option<String>,
+    /// Zoho API calls in flight at most, per portal (Zoho allows 10 on Standard).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// An update event for a ticket arriving within this many seconds after deskhook wrote to
+    /// it is taken as the echo of that write and not run.
+    #[serde(default = "default_echo_window")]
+    pub echo_window_seconds: u64,
 }
 
 impl Default for ZohoSpec {
@@ -226,6 +253,9 @@ impl Default for ZohoSpec {
         Self {
             region: default_region(),
             org_id: None,
+            ignore_source_id: None,
+            max_concurrency: default_max_concurrency(),
+            echo_window_seconds: default_echo_window(),
         }
     }
 }
@@ -254,6 +284,14 @@ fn default_workers() -> u32 {
 
 fn default_dedupe_window() -> u64 {
     86_400
+}
+
+fn default_max_concurrency() -> u32 {
+    8
+}
+
+fn default_echo_window() -> u64 {
+    60
 }
 
 fn default_region() -> String {
