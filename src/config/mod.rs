@@ -67,6 +67,18 @@ pub enum InvalidSettings {
     JwtIncomplete,
     #[error("verification.hmac.header {0:?} is not a valid HTTP header name")]
     HmacHeader(String),
+    #[error("routing rule names must be non-empty and unique, {0:?} is not")]
+    RuleName(String),
+    #[error(
+        "routing rule {rule:?} names reply template {template:?}, which replies.templates does not define"
+    )]
+    MissingTemplate { rule: String, template: String },
+    #[error("routing rule {rule:?}: the condition on {field:?} needs exactly one operator")]
+    FieldOperator { rule: String, field: String },
+    #[error("reply template {name:?} does not parse: {message}")]
+    Template { name: String, message: String },
+    #[error("replies.llm: minChars must not exceed maxChars")]
+    LlmBounds,
 }
 
 /// The validated settings every part of deskhook reads.
@@ -173,9 +185,63 @@ fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
             return Err(InvalidSettings::JwtIncomplete);
         }
     }
+    validate_routing(spec)?;
     let header = &spec.verification.hmac.header;
     if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
         return Err(InvalidSettings::HmacHeader(header.clone()));
+    }
+    Ok(())
+}
+
+fn validate_routing(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
+    for (i, rule) in spec.routing.iter().enumerate() {
+        let duplicate = spec.routing[..i]
+            .iter()
+            .any(|other| other.name == rule.name);
+        if rule.name.trim().is_empty() || duplicate {
+            return Err(InvalidSettings::RuleName(rule.name.clone()));
+        }
+        if let Some(template) = &rule.then.reply_template
+            && !spec.replies.templates.contains_key(template)
+        {
+            return Err(InvalidSettings::MissingTemplate {
+                rule: rule.name.clone(),
+                template: template.clone(),
+            });
+        }
+        for condition in &rule.when.deal {
+            let operators = [
+                condition.equals.is_some(),
+                condition.one_of.is_some(),
+                condition.none_of.is_some(),
+                condition.greater_than.is_some(),
+                condition.less_than.is_some(),
+                condition.present.is_some(),
+            ];
+            if operators.iter().filter(|set| **set).count() != 1 {
+                return Err(InvalidSettings::FieldOperator {
+                    rule: rule.name.clone(),
+                    field: condition.field.clone(),
+                });
+            }
+        }
+    }
+    for (name, source) in &spec.replies.templates {
+        let mut env = minijinja::Environment::new();
+        if let Err(error) = env.add_template("check", source) {
+            return Err(InvalidSettings::Template {
+                name: name.clone(),
+                message: error.to_string(),
+            });
+        }
+    }
+    if spec
+        .replies
+        .llm
+        .as_ref()
+        .is_some_and(|llm| llm.min_chars > llm.max_chars)
+    {
+        return Err(InvalidSettings::LlmBounds);
     }
     Ok(())
 }
@@ -267,6 +333,14 @@ mod tests {
             let spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
             let err = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap_err();
             assert_eq!(err, expected, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn the_example_configurations_are_valid() {
+        for path in ["examples/local.yaml", "examples/webhookautomation.yaml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            load_settings_file(&path, 1).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
     }
 

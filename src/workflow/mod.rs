@@ -3,6 +3,8 @@
 //! Workers hand each job and the settings snapshot of its start to a [`Workflow`], which
 //! returns a [`DecisionReport`]: what it decided, and what each step did or why it did not.
 
+pub mod echo;
+pub mod ledger;
 pub mod linking;
 pub mod reply;
 pub mod report;
@@ -14,7 +16,7 @@ use async_trait::async_trait;
 use crate::config::Settings;
 use crate::queue::Job;
 
-pub use report::{DecisionReport, StepReport, StepStatus};
+pub use report::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus};
 
 /// Runs the automation for one job.
 #[async_trait]

@@ -4,6 +4,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::linking::LinkStrategy;
+use super::rules::RoutingDecision;
 use crate::config::Settings;
 use crate::crd::AutomationFlags;
 use crate::queue::Job;
@@ -63,8 +65,34 @@ pub struct DecisionReport {
     pub ticket_id: String,
     pub event_type: String,
     pub attempt: u32,
-    /// Department named by the event, when it named one.
+    /// The ticket's department when the run started (from Zoho, else from the event).
     pub department: Option<String>,
+    /// Where the matching rule wants the ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_department: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Link to the ticket in Zoho Desk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    /// The matching rule and every rule's verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingDecision>,
+    /// The deal found, and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deal: Option<DealSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_strategy: Option<LinkStrategy>,
+    /// The reply exactly as it would be (or was) sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplySummary>,
+    /// Why the whole run was skipped (other department, echo of our own write, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// True when no Zoho credentials were configured: every action is a suggestion.
+    pub offline: bool,
     /// The flags in force for this run.
     pub flags: AutomationFlags,
     pub settings_generation: i64,
@@ -89,6 +117,16 @@ impl DecisionReport {
             event_type: job.event.event_type.clone(),
             attempt: job.attempt,
             department,
+            target_department: None,
+            ticket_number: None,
+            subject: None,
+            web_url: None,
+            routing: None,
+            deal: None,
+            link_strategy: None,
+            reply: None,
+            skipped: None,
+            offline: false,
             flags: *settings.flags(),
             settings_generation: settings.generation,
             steps: Vec::new(),
@@ -117,6 +155,26 @@ impl DecisionReport {
     pub fn succeeded(&self) -> bool {
         self.failure().is_none()
     }
+}
+
+/// The deal a run linked.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DealSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub stage: Option<String>,
+    pub amount: Option<f64>,
+}
+
+/// The reply of a run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReplySummary {
+    pub template: String,
+    pub text: String,
+    /// True when the language model's rewrite was used.
+    pub rewritten: bool,
+    /// `sent`, `draft` or `suggestion`.
+    pub mode: &'static str,
 }
 
 /// RFC 3339 timestamps for reports and JSON answers.
