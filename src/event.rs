@@ -281,7 +281,7 @@ fn epoch_millis(value: &Value) -> Option<i64> {
         Value::String(s) => s.trim().parse::<i64>().ok()?,
         _ => return None,
     };
-    Some(if raw.abs() < 100_000_000_000 {
+    Some(if raw.unsigned_abs() < 100_000_000_000 {
         raw.saturating_mul(1000)
     } else {
         raw

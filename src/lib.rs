@@ -19,8 +19,9 @@
 //!
 //! Every module owns one noun: `crd` the resource types, `config` the validated settings and
 //! their sources, `verify` signatures, `event` payload parsing, `queue` the hand-off to
-//! workers, `workflow` the automation, `http` the routers, `metrics` and `telemetry`
-//! observability, `server` the wiring of a running process.
+//! workers, `workflow` the automation, `http` the routers, `kube` the resource watcher and
+//! its status, `metrics` and `telemetry` observability, `server` the wiring of a running
+//! process.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -28,6 +29,7 @@ pub mod crd;
 pub mod decisions;
 pub mod event;
 pub mod http;
+pub mod kube;
 pub mod metrics;
 pub mod queue;
 pub mod region;
@@ -36,3 +38,4 @@ pub mod telemetry;
 pub mod verify;
 pub mod worker;
 pub mod workflow;
+pub mod zoho;

@@ -9,9 +9,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use deskhook::config::{Secret, WatchedSecrets};
 use deskhook::crd::SignatureEncoding;
-use deskhook::server::{self, ServeOptions};
+use deskhook::kube::KubeOptions;
+use deskhook::server::{self, ServeOptions, ZohoAccess};
 use deskhook::telemetry::{self, LogFormat};
 use deskhook::verify::hmac;
+use deskhook::zoho::{OAuthCredentials, ZohoEndpoints};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Receive Zoho Desk webhooks and run the automation.
     Serve(ServeArgs),
+    /// Print the WebhookAutomation CustomResourceDefinition (YAML), generated from the types.
+    Crd,
     /// Print the HMAC-SHA256 signature of standard input with the first ZOHO_WEBHOOK_SECRET key.
     Sign {
         /// Print base64 instead of hex.
@@ -40,8 +44,16 @@ enum Command {
 struct ServeArgs {
     /// A WebhookAutomation YAML file, watched for edits. Without it, settings come from the
     /// seed's WEBHOOK_AUTO_* environment variables.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
     config: Option<PathBuf>,
+    /// Read the settings from a WebhookAutomation resource in Kubernetes and keep watching it
+    /// (namespace from POD_NAMESPACE, else the kubeconfig's; credentials in-cluster or from
+    /// the kubeconfig).
+    #[arg(long, requires = "resource")]
+    kube: bool,
+    /// Name of the WebhookAutomation resource watched with --kube.
+    #[arg(long, value_name = "NAME", env = "DESKHOOK_RESOURCE")]
+    resource: Option<String>,
     /// Address of the webhook listener [default: WEBHOOK_HOST:WEBHOOK_PORT, else 0.0.0.0:5000].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -72,6 +84,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sign { base64 } => sign(base64),
+        Command::Crd => {
+            print!("{}", deskhook::crd::crd_yaml());
+            Ok(())
+        }
         Command::Serve(args) => {
             telemetry::init_logging(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
@@ -127,11 +143,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         env("DESKHOOK_ADMIN_TOKEN").as_deref(),
         args.admin_token_file,
     )?;
-    let settings = server::initial_settings(args.config.as_deref(), env)?;
+    let kube = match (args.kube, args.resource) {
+        (true, Some(resource)) => Some(kube_options(resource)),
+        _ => None,
+    };
+    let settings = match &kube {
+        Some(_) => deskhook::kube::initial_settings(env),
+        None => server::initial_settings(args.config.as_deref(), env)?,
+    };
+    let zoho = match OAuthCredentials::from_env(env)? {
+        None => None,
+        Some(credentials) => Some(ZohoAccess {
+            endpoints: ZohoEndpoints::from_region(&settings.zoho().region, env)?,
+            credentials,
+        }),
+    };
     let options = ServeOptions {
+        zoho,
+        llm_api_key: env("DESKHOOK_LLM_API_KEY").map(Secret::new),
         listen,
         metrics_listen: args.metrics_listen,
         config: args.config,
+        kube,
         hmac_secrets,
         admin_tokens,
         insecure_no_verification: args.insecure_no_verification,
@@ -146,6 +179,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     running.wait().await;
     Ok(())
+}
+
+/// Where the resource is and who this pod is, from the downward API's variables.
+fn kube_options(resource: String) -> KubeOptions {
+    let pod = env("POD_NAME")
+        .or_else(|| env("HOSTNAME"))
+        .unwrap_or_else(|| format!("deskhook-{}", std::process::id()));
+    let mut options = KubeOptions::new(resource, pod);
+    options.namespace = env("POD_NAMESPACE");
+    options
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C (a terminal).

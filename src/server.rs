@@ -15,15 +15,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{
-    self, InvalidSettings, Settings, SettingsHandle, SettingsSource, WatchedSecrets,
+    self, InvalidSettings, Secret, Settings, SettingsHandle, SettingsSource, WatchedSecrets,
 };
 use crate::decisions::{DEFAULT_RETAINED, DecisionLog};
 use crate::http::{self, AppState};
+use crate::kube::{KubeError, KubeOptions};
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueue, Queue};
 use crate::verify::Verifier;
 use crate::worker::{WorkerContext, spawn_workers};
-use crate::workflow::{RecordingWorkflow, Workflow};
+use crate::workflow::ledger::MemoryLedger;
+use crate::workflow::reply::ReplyRewriter;
+use crate::workflow::{AutomationWorkflow, Workflow};
+use crate::zoho::{ClientOptions, OAuthCredentials, ZohoClients, ZohoEndpoints, ZohoSetupError};
 
 /// What `deskhook serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -32,11 +36,24 @@ pub struct ServeOptions {
     pub metrics_listen: SocketAddr,
     /// The `WebhookAutomation` YAML file; `None` reads the seed's environment variables.
     pub config: Option<PathBuf>,
+    /// Watch a `WebhookAutomation` resource in Kubernetes for the settings instead.
+    pub kube: Option<KubeOptions>,
     pub hmac_secrets: WatchedSecrets,
     pub admin_tokens: WatchedSecrets,
+    /// Zoho API access; `None` runs the workflow offline.
+    pub zoho: Option<ZohoAccess>,
+    /// Key of the optional reply-rewriting language model (`DESKHOOK_LLM_API_KEY`).
+    pub llm_api_key: Option<Secret>,
     pub insecure_no_verification: bool,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
+}
+
+/// Where the Zoho APIs are and how to authenticate to them.
+#[derive(Clone, Debug)]
+pub struct ZohoAccess {
+    pub endpoints: ZohoEndpoints,
+    pub credentials: OAuthCredentials,
 }
 
 /// Why the server could not start.
@@ -61,6 +78,14 @@ pub enum ServeError {
     },
     #[error("failed to build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
+    #[error(
+        "Zoho credentials are set but spec.zoho.orgId is not: Desk calls need the organization id"
+    )]
+    MissingOrgId,
+    #[error(transparent)]
+    Zoho(#[from] ZohoSetupError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 /// Reads the settings to start with: the file when given, else the environment.
@@ -130,9 +155,12 @@ fn install_crypto_providers() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
-/// Starts listeners, workers and watchers with `settings` in force.
+/// Starts listeners, workers and watchers with `settings` in force, running the automation
+/// workflow against Zoho when credentials are given, offline otherwise.
 pub async fn start(options: ServeOptions, settings: Settings) -> Result<RunningServer, ServeError> {
-    start_with(options, settings, Arc::new(RecordingWorkflow)).await
+    let metrics = Arc::new(Metrics::new());
+    let workflow = automation_workflow(&options, &settings, &metrics)?;
+    launch(options, settings, workflow, metrics).await
 }
 
 /// [`start`] with a given workflow.
@@ -141,8 +169,68 @@ pub async fn start_with(
     settings: Settings,
     workflow: Arc<dyn Workflow>,
 ) -> Result<RunningServer, ServeError> {
+    launch(options, settings, workflow, Arc::new(Metrics::new())).await
+}
+
+/// The automation workflow, with Zoho clients when credentials are configured.
+fn automation_workflow(
+    options: &ServeOptions,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Workflow>, ServeError> {
+    let http = http_client()?;
+    let zoho = match &options.zoho {
+        None => {
+            tracing::warn!(
+                "no Zoho credentials: the workflow runs offline and only suggests actions"
+            );
+            None
+        }
+        Some(zoho) => {
+            let org_id = settings
+                .zoho()
+                .org_id
+                .clone()
+                .ok_or(ServeError::MissingOrgId)?;
+            let client_options = ClientOptions {
+                max_concurrency: settings.zoho().max_concurrency.max(1) as usize,
+                source_id: settings.zoho().ignore_source_id.clone(),
+                ..ClientOptions::default()
+            };
+            Some(ZohoClients::new(
+                http.clone(),
+                zoho.endpoints.clone(),
+                zoho.credentials.clone(),
+                org_id,
+                client_options,
+                metrics,
+            )?)
+        }
+    };
+    let rewriter = ReplyRewriter::new(http, options.llm_api_key.clone());
+    Ok(Arc::new(AutomationWorkflow::new(
+        zoho,
+        Arc::new(MemoryLedger::default()),
+        Some(rewriter),
+    )))
+}
+
+async fn launch(
+    options: ServeOptions,
+    settings: Settings,
+    workflow: Arc<dyn Workflow>,
+    metrics: Arc<Metrics>,
+) -> Result<RunningServer, ServeError> {
     let started = Instant::now();
-    let metrics = Arc::new(Metrics::new());
+    let settings_handle = SettingsHandle::new(settings);
+    // The resource's first list is awaited before anything is sized or served from settings.
+    let kube = match options.kube.clone() {
+        Some(kube_options) => {
+            Some(crate::kube::start(kube_options, settings_handle.clone(), metrics.clone()).await?)
+        }
+        None => None,
+    };
+    let settings = settings_handle.current();
     let verifier = Arc::new(Verifier::new(
         options.hmac_secrets.clone(),
         http_client()?,
@@ -150,7 +238,12 @@ pub async fn start_with(
     ));
     let configured = verifier.schemes(&settings);
     if configured.is_empty() {
-        return Err(ServeError::NoVerification);
+        // A resource can be edited to add verification later, so a pod watching one stays up
+        // (every delivery is refused meanwhile) instead of crash-looping.
+        if kube.is_none() {
+            return Err(ServeError::NoVerification);
+        }
+        tracing::error!("{}", ServeError::NoVerification);
     }
     if options.insecure_no_verification {
         metrics.verification_disabled.set(1);
@@ -160,7 +253,6 @@ pub async fn start_with(
     }
     let workers = settings.queue().workers as usize;
     metrics.observe_settings(&settings);
-    let settings_handle = SettingsHandle::new(settings);
     if let Some(path) = &options.config {
         config::watch_spec_file(path.clone(), settings_handle.clone(), metrics.clone());
     }
@@ -232,6 +324,9 @@ pub async fn start_with(
         until_true(stop_signal).await;
         draining.store(true, Ordering::Release);
         tracing::info!("shutdown requested: readiness is now false");
+        if let Some(kube) = kube {
+            kube.shutdown().await;
+        }
         tokio::time::sleep(options.shutdown_delay).await;
         queue.close();
         let _ = close_webhook.send(true);

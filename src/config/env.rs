@@ -51,10 +51,14 @@ pub fn spec_from_env(
                 .collect()
         })
         .unwrap_or_default();
+    // Everything else takes the defaults a settings file with an empty spec gets; the derived
+    // `Default` would leave `events` empty, so every event would be ignored.
+    let base: WebhookAutomationSpec =
+        serde_json::from_value(serde_json::json!({})).expect("an empty spec takes every default");
     Ok(WebhookAutomationSpec {
         automation,
         departments,
-        ..Default::default()
+        ..base
     })
 }
 
@@ -92,6 +96,10 @@ mod tests {
         let spec = spec_from_env(lookup(&[])).unwrap();
         assert_eq!(spec.automation, AutomationFlags::default());
         assert!(spec.departments.is_empty());
+        assert_eq!(
+            spec.events,
+            ["Ticket_Add", "Ticket_Update", "Ticket_Thread_Add"]
+        );
     }
 
     #[test]

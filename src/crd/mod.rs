@@ -5,7 +5,10 @@
 //! written for the people who run `kubectl edit`.
 
 mod routing;
+mod schema;
+mod status;
 
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +16,7 @@ pub use routing::{
     DealPreference, FieldCondition, LinkingSpec, LlmSpec, RepliesSpec, RoutingRule, RuleConditions,
     RuleOutcome, TextCondition,
 };
+pub use status::{ConditionStatus, WebhookAutomationStatus, crd_yaml};
 
 /// API group of the resource.
 pub const GROUP: &str = "deskhook.dev";
@@ -36,8 +40,102 @@ pub struct WebhookAutomationDocument {
 
 /// How deskhook handles Zoho Desk ticket events: which writing actions are switched on,
 /// which departments and events it acts on, and how deliveries are verified and queued.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+//
+// The derive generates the `WebhookAutomation` resource and its CRD (`deskhook crd`). Rules the
+// schema alone cannot say are CEL rules (`x-kubernetes-validations`) so the API server refuses
+// such an edit before any pod sees it; `config::Settings::from_spec` checks the same things
+// again because a file, or a cluster with an older CRD, may bypass them.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "deskhook.dev",
+    version = "v1alpha1",
+    kind = "WebhookAutomation",
+    plural = "webhookautomations",
+    namespaced,
+    shortname = "wha",
+    category = "deskhook",
+    status = "WebhookAutomationStatus",
+    doc = "Settings of a deskhook Deployment: which automation flags are on, which Zoho Desk \
+           events and departments are acted on, routing rules and reply templates. Every pod \
+           watches this resource and applies an edit within seconds, without a restart.",
+    printcolumn(
+        name = "Dispatch",
+        type_ = "boolean",
+        json_path = ".spec.automation.dispatch",
+        description = "Tickets are moved to the department the rules choose"
+    ),
+    printcolumn(
+        name = "Link",
+        type_ = "boolean",
+        json_path = ".spec.automation.link",
+        description = "The CRM deal is stored on the ticket"
+    ),
+    printcolumn(
+        name = "Respond",
+        type_ = "boolean",
+        json_path = ".spec.automation.respond",
+        description = "Replies are sent to customers"
+    ),
+    printcolumn(
+        name = "UpdateTicket",
+        type_ = "boolean",
+        json_path = ".spec.automation.updateTicket",
+        description = "Ticket statuses are set",
+        priority = 1
+    ),
+    printcolumn(
+        name = "UpdateDeal",
+        type_ = "boolean",
+        json_path = ".spec.automation.updateDeal",
+        description = "CRM deal fields are written",
+        priority = 1
+    ),
+    printcolumn(
+        name = "AddNote",
+        type_ = "boolean",
+        json_path = ".spec.automation.addNote",
+        description = "A note is added to the CRM deal",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Every pod runs the current generation"
+    ),
+    printcolumn(
+        name = "Updated",
+        type_ = "integer",
+        json_path = ".status.updatedPods",
+        description = "Pods running the generation in force"
+    ),
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        json_path = ".status.pods",
+        description = "Pods reporting"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.routing) || self.routing.all(r, !has(r.then) || !has(r.then.replyTemplate) || (has(self.replies) && has(self.replies.templates) && r.then.replyTemplate in self.replies.templates))",
+        "message": "every replyTemplate named by a routing rule must be defined in replies.templates",
+        "fieldPath": ".routing",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(self.replies) || !has(self.replies.llm) || self.replies.llm.minChars <= self.replies.llm.maxChars",
+        "message": "replies.llm.minChars must not exceed maxChars",
+        "fieldPath": ".replies.llm",
+        "reason": "FieldValueInvalid"
+    }
+]))]
 pub struct WebhookAutomationSpec {
     /// The automation flags. Each writing action has its own flag so they can be switched on
     /// one at a time while the team watches the results.
@@ -45,11 +143,25 @@ pub struct WebhookAutomationSpec {
     pub automation: AutomationFlags,
     /// Names of the Zoho Desk departments deskhook acts on, for example `DOC`, `Contact` and
     /// `FACTURATION`. Events for tickets in other departments are acknowledged and ignored.
-    /// An empty list means every department.
+    /// An empty list means every department. Names compare case-insensitively and must be
+    /// unique.
     #[serde(default)]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 128)),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.all(d, self.exists_one(e, e.lowerAscii() == d.lowerAscii()))",
+            "message": "department names must be unique (compared case-insensitively)"
+        }])
+    )]
     pub departments: Vec<String>,
-    /// Zoho Desk event types acted on. Other event types are acknowledged and ignored.
+    /// Zoho Desk event types acted on, for example `Ticket_Add`. Other event types are
+    /// acknowledged and ignored.
     #[serde(default = "default_events")]
+    #[schemars(
+        length(max = 32),
+        inner(length(max = 128), regex(pattern = r"^[A-Za-z0-9_]+$"))
+    )]
     pub events: Vec<String>,
     /// How each delivery is verified. Secrets never live here: they come from the
     /// environment or from mounted files.
@@ -64,8 +176,16 @@ pub struct WebhookAutomationSpec {
     /// How the CRM deal behind a ticket is found.
     #[serde(default)]
     pub linking: LinkingSpec,
-    /// Routing rules, evaluated in priority order; the first match decides.
+    /// Routing rules, evaluated in priority order; the first match decides. Rule names must
+    /// be unique.
     #[serde(default)]
+    #[schemars(
+        length(max = 200),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.all(r, self.exists_one(s, s.name == r.name))",
+            "message": "routing rule names must be unique"
+        }])
+    )]
     pub routing: Vec<RoutingRule>,
     /// Reply templates and sender addresses.
     #[serde(default)]
@@ -159,8 +279,10 @@ pub struct VerificationSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZohoJwtSpec {
     /// The Zoho Desk organization id; tokens must carry `iss: orgId:<orgId>`.
+    #[schemars(length(min = 1, max = 64))]
     pub org_id: String,
     /// Accepted webhook ids; tokens must carry `aud: webhookId:<id>` for one of them.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 128)))]
     pub webhook_ids: Vec<String>,
     /// Where the signing keys are published. Defaults to the JWKS of the region's Desk host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +295,10 @@ pub struct ZohoJwtSpec {
 pub struct HmacSpec {
     /// Request header holding the signature.
     #[serde(default = "default_hmac_header")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
     pub header: String,
     /// Encoding of the signature: `hex` (case-insensitive) or `base64`.
     #[serde(default)]
@@ -205,9 +331,11 @@ pub enum SignatureEncoding {
 pub struct QueueSpec {
     /// Events waiting to run, at most. A full queue answers 503 so nothing is dropped silently.
     #[serde(default = "default_capacity")]
+    #[schemars(range(min = 1))]
     pub capacity: u32,
-    /// Workers running the automation concurrently in each pod.
+    /// Workers running the automation concurrently in each pod, from 1 to 256.
     #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 256))]
     pub workers: u32,
     /// A delivery identical to one accepted within this many seconds is acknowledged as a
     /// duplicate and not run again. 0 turns deduplication off.
@@ -229,8 +357,10 @@ impl Default for QueueSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZohoSpec {
-    /// Zoho data centre: `com` (US), `eu`, `in`, `com.au`, `jp`, `ca`, `sa`, `uk`, `com.cn`.
+    /// Zoho data centre: `com` (US), `eu`, `in`, `com.au`, `jp`, `ca`, `sa`, `uk`, `com.cn`,
+    /// `sg`, `ae`.
     #[serde(default = "default_region")]
+    #[schemars(extend("enum" = ["com", "eu", "in", "com.au", "jp", "ca", "sa", "uk", "com.cn", "sg", "ae"]))]
     pub region: String,
     /// The Zoho Desk organization id, sent as the `orgId` header on Desk API calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoutingRule {
     /// A unique name, shown in decision reports and notes.
+    #[schemars(length(min = 1, max = 128))]
     pub name: String,
     /// Lower runs first; rules with equal priority keep their list order.
     #[serde(default)]
@@ -36,6 +37,7 @@ pub struct RuleConditions {
     /// Conditions on fields of the linked deal; all must hold (a rule with deal conditions
     /// never matches a ticket without a deal).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub deal: Vec<FieldCondition>,
     /// Conditions on the subject and the latest customer message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,18 +53,25 @@ pub struct RuleConditions {
 /// A condition on one deal field. Exactly one operator is set.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.equals), has(self.oneOf), has(self.noneOf), has(self.greaterThan), has(self.lessThan), has(self.present)].filter(x, x).size() == 1",
+    "message": "a deal condition needs exactly one operator: equals, oneOf, noneOf, greaterThan, lessThan or present"
+}]))]
 pub struct FieldCondition {
     /// CRM field API name, e.g. `Stage`, `Amount`, `Evalbox`.
     pub field: String,
     /// The field equals this value (numbers compare numerically, text case- and
     /// accent-insensitively).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::any_value")]
     pub equals: Option<serde_json::Value>,
     /// The field equals one of these values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::any_values")]
     pub one_of: Option<Vec<serde_json::Value>>,
     /// The field equals none of these values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::any_values")]
     pub none_of: Option<Vec<serde_json::Value>>,
     /// The field is a number greater than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +121,7 @@ pub struct RuleOutcome {
     pub status: Option<String>,
     /// CRM deal fields to write, by API name. Only these fields are ever written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "super::schema::any_value_map")]
     pub deal_updates: BTreeMap<String, serde_json::Value>,
     /// Extra text for the deal note (a template, like replies).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 //! Workers hand each job and the settings snapshot of its start to a [`Workflow`], which
 //! returns a [`DecisionReport`]: what it decided, and what each step did or why it did not.
 
+pub mod automation;
 pub mod echo;
 pub mod ledger;
 pub mod linking;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use crate::config::Settings;
 use crate::queue::Job;
 
+pub use automation::AutomationWorkflow;
 pub use report::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus};
 
 /// Runs the automation for one job.

@@ -1,0 +1,33 @@
+# The commands the README shows. `make test` is also what CI runs.
+.PHONY: test run fmt lint chart-check manifests
+
+# The chart checks need the Python packages of tests/chart/requirements.txt and promtool.
+PYTHON ?= python3
+
+test:
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --all-targets; \
+	else \
+		cargo test --all-targets; \
+	fi
+	cargo test --doc
+	$(MAKE) chart-check
+
+run:
+	ZOHO_WEBHOOK_SECRET=dev cargo run --release -- serve --config examples/local.yaml
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# Helm lint, renderings validated against Kubernetes and the CRD, the Deployment against the
+# binary, alerts against its metrics, the Dockerfile, and manifests/ drift.
+chart-check:
+	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -p no:cacheprovider tests/chart
+
+# Regenerates manifests/deskhook.yaml (the chart with default values, for kubectl apply).
+manifests:
+	$(PYTHON) tests/chart/render.py --output manifests/deskhook.yaml

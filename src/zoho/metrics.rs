@@ -1,0 +1,128 @@
+//! The Zoho clients' metrics, registered in the process registry (prefix `deskhook_`).
+//!
+//! Labels are bounded: the API, a fixed operation name, an HTTP status code or `error`, and
+//! a refresh result.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use super::error::Call;
+use crate::metrics::Metrics;
+
+/// Counters and histograms of Zoho calls. Cheap to clone; register once per process.
+#[derive(Clone, Debug)]
+pub struct ZohoMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    token_refreshes: IntCounterVec,
+}
+
+impl ZohoMetrics {
+    /// Registers the metrics in `metrics`' registry. Fails when they are already registered:
+    /// build the Zoho clients once per process and clone them.
+    pub fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        Self::register_in(metrics.registry())
+    }
+
+    fn register_in(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "zoho_requests_total",
+                "Zoho API requests by API, operation and HTTP status (or error when no answer came).",
+            ),
+            &["api", "op", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "zoho_request_duration_seconds",
+                "Time of one Zoho API request attempt, by API and operation.",
+            )
+            .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["api", "op"],
+        )?;
+        let token_refreshes = IntCounterVec::new(
+            Opts::new(
+                "zoho_token_refreshes_total",
+                "Zoho access token refreshes by result (success, throttled, rejected, error, limited).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(token_refreshes.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            token_refreshes,
+        })
+    }
+
+    /// Metrics in a registry of their own, for clients built outside a server.
+    pub fn unregistered() -> Self {
+        Self::register_in(&Registry::new()).expect("a fresh registry has no conflicts")
+    }
+
+    pub(crate) fn observe(&self, call: Call, status: Option<u16>, seconds: f64) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        let (api, op) = (call.api.as_str(), call.op);
+        self.requests.with_label_values(&[api, op, &status]).inc();
+        self.duration.with_label_values(&[api, op]).observe(seconds);
+    }
+
+    pub(crate) fn refresh(&self, result: RefreshResult) {
+        self.token_refreshes
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+}
+
+/// How a token refresh ended; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefreshResult {
+    Success,
+    /// Zoho answered `Access Denied`.
+    Throttled,
+    /// Zoho refused the credentials.
+    Rejected,
+    /// No usable answer (connection, status, body).
+    Error,
+    /// deskhook did not ask, to stay within the budget.
+    Limited,
+}
+
+impl RefreshResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefreshResult::Success => "success",
+            RefreshResult::Throttled => "throttled",
+            RefreshResult::Rejected => "rejected",
+            RefreshResult::Error => "error",
+            RefreshResult::Limited => "limited",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zoho::error::Api;
+
+    #[test]
+    fn metrics_carry_the_process_prefix() {
+        let metrics = Metrics::new();
+        let zoho = ZohoMetrics::register(&metrics).unwrap();
+        zoho.observe(Call::read(Api::Desk, "get_ticket"), Some(200), 0.1);
+        zoho.observe(Call::write(Api::Desk, "send_reply"), None, 0.1);
+        zoho.refresh(RefreshResult::Throttled);
+        let text = metrics.render();
+        assert!(text.contains(
+            r#"deskhook_zoho_requests_total{api="desk",op="get_ticket",status="200"} 1"#
+        ));
+        assert!(text.contains(r#"status="error""#));
+        assert!(text.contains(r#"deskhook_zoho_token_refreshes_total{result="throttled"} 1"#));
+        assert!(text.contains("deskhook_zoho_request_duration_seconds_bucket"));
+        assert!(
+            ZohoMetrics::register(&metrics).is_err(),
+            "registering twice is refused"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+"""The Deployment against the real binary: every argument is one `deskhook serve` accepts, the
+ports are the ones it listens on, the probes and the Ingress path are routes it serves, and the
+termination grace period covers its drain."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+import render as chart
+from conftest import VALUE_SETS, one
+from pod import Pod
+
+# Value sets whose pods can start outside a cluster (defaults configure no verification, and the
+# binary rightly refuses to start then).
+RUNNABLE = ["everything-on", "existing-secret", "ingress-cert-manager"]
+
+
+@pytest.fixture(scope="module")
+def serve_help(deskhook_bin) -> str:
+    result = subprocess.run([str(deskhook_bin), "serve", "--help"], capture_output=True,
+                            text=True, timeout=30, check=True)
+    return result.stdout
+
+
+def serve_options(help_text: str) -> dict[str, bool]:
+    """`--flag` → whether it takes a value, from `deskhook serve --help`."""
+    options = {}
+    for match in re.finditer(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)(?: <([A-Z_]+)>)?", help_text,
+                             re.MULTILINE):
+        options[match.group(1)] = match.group(2) is not None
+    return options
+
+
+def test_help_parser_reads_the_serve_options(serve_help):
+    options = serve_options(serve_help)
+    assert options["--listen"] is True and options["--insecure-no-verification"] is False
+    assert "--no-such-flag" not in options
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_deployment_arguments_are_accepted_by_deskhook_serve(serve_help, value_set):
+    options = serve_options(serve_help)
+    container = one(chart.render(chart.load_values(value_set)), "Deployment")["spec"]["template"][
+        "spec"]["containers"][0]
+    args = container["args"]
+    assert args[0] == "serve"
+    i = 1
+    while i < len(args):
+        flag = args[i]
+        assert flag in options, (
+            f"the Deployment passes {flag}, which `deskhook serve --help` does not list")
+        i += 2 if options[flag] else 1
+    log_format = args[args.index("--log-format") + 1]
+    assert re.search(rf"^\s+- {log_format}\b", serve_help, re.MULTILINE)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args[args.index("--listen") + 1] == f"0.0.0.0:{ports['http']}"
+    assert args[args.index("--metrics-listen") + 1] == f"0.0.0.0:{ports['metrics']}"
+
+
+def test_chart_default_ports_are_the_binary_defaults(serve_help):
+    """Someone running the image by hand gets the ports the chart and the Dockerfile expose."""
+    values = chart.load_values("defaults")
+    with_defaults = one(chart.render(values), "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in with_defaults["ports"]}
+    assert "0.0.0.0:5000" in serve_help and ports["http"] == 5000
+    assert "0.0.0.0:9090" in serve_help and ports["metrics"] == 9090
+
+
+@pytest.fixture
+def pod(deskhook_bin, tmp_path, request):
+    running = Pod(deskhook_bin, request.param, tmp_path).start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("pod", RUNNABLE, indirect=True)
+def test_pod_serves_its_probes_and_the_webhook_path(pod):
+    for probe in ("livenessProbe", "readinessProbe"):
+        http = pod.container[probe]["httpGet"]
+        status, _ = pod.get(http["port"], http["path"])
+        assert status == 200, f"{probe} {http} answered {status}"
+    ingress = one(chart.render(chart.load_values("ingress-cert-manager")), "Ingress")
+    for path in ingress["spec"]["rules"][0]["http"]["paths"]:
+        port = path["backend"]["service"]["port"]["name"]
+        # Zoho Desk validates the URL with a GET when the webhook is saved.
+        status, body = pod.get(port, path["path"])
+        assert status == 200, (path, status, body)
+    status, body = pod.get("metrics", "/metrics")
+    assert status == 200 and "# TYPE deskhook_" in body
+    # Metrics stay off the listener the Ingress exposes.
+    assert pod.get("http", "/metrics")[0] == 404
+
+
+@pytest.mark.parametrize("pod", ["everything-on"], indirect=True)
+def test_pod_runs_with_every_credential_of_the_chart(pod):
+    schemes = next(e for e in pod.events() if e.get("message") == "deskhook ready")["schemes"]
+    assert "hmac" in schemes.lower() and "jwt" in schemes.lower(), schemes
+    for value in pod.secret.values():
+        assert value not in "\n".join(pod.lines), "a credential appeared in the logs"
+
+
+@pytest.mark.parametrize("pod", ["existing-secret"], indirect=True)
+def test_pod_drains_within_the_termination_grace_period(pod):
+    period = pod.spec["terminationGracePeriodSeconds"]
+    started = time.monotonic()
+    pod.terminate()
+    ready = pod.container["readinessProbe"]["httpGet"]
+    live = pod.container["livenessProbe"]["httpGet"]
+    deadline = started + 2
+    while pod.get(ready["port"], ready["path"])[0] != 503:
+        assert time.monotonic() < deadline, "readiness did not turn false after SIGTERM"
+        time.sleep(0.05)
+    # Not ready, but alive: the kubelet must not restart a draining pod.
+    assert pod.get(live["port"], live["path"])[0] == 200
+    assert pod.process.wait(timeout=period) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < period, f"the drain took {elapsed:.1f} s, the pod gets {period} s"

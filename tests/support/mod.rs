@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests.
+
+pub mod fake_zoho;
+pub mod intake;
+pub mod process;
