@@ -13,7 +13,6 @@ use deskhook::kube::KubeOptions;
 use deskhook::server::{self, ServeOptions, ZohoAccess};
 use deskhook::telemetry::{self, LogFormat};
 use deskhook::verify::hmac;
-use deskhook::zoho::{OAuthCredentials, ZohoEndpoints};
 
 #[derive(Parser)]
 #[command(
@@ -89,12 +88,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            telemetry::init_logging(args.log_format);
-            tokio::runtime::Builder::new_multi_thread()
+            let telemetry = telemetry::init(args.log_format);
+            let outcome = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?
-                .block_on(serve(args))
+                .block_on(serve(args));
+            telemetry.shutdown();
+            outcome
         }
     }
 }
@@ -151,13 +152,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => deskhook::kube::initial_settings(env),
         None => server::initial_settings(args.config.as_deref(), env)?,
     };
-    let zoho = match OAuthCredentials::from_env(env)? {
-        None => None,
-        Some(credentials) => Some(ZohoAccess {
-            endpoints: ZohoEndpoints::from_region(&settings.zoho().region, env)?,
-            credentials,
-        }),
-    };
+    let zoho = ZohoAccess::from_env(env)?;
     let options = ServeOptions {
         zoho,
         llm_api_key: env("DESKHOOK_LLM_API_KEY").map(Secret::new),

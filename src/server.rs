@@ -24,10 +24,12 @@ use crate::metrics::Metrics;
 use crate::queue::{MemoryQueue, Queue};
 use crate::verify::Verifier;
 use crate::worker::{WorkerContext, spawn_workers};
+pub use crate::workflow::connection::ZohoAccess;
+use crate::workflow::connection::ZohoConnector;
 use crate::workflow::ledger::MemoryLedger;
 use crate::workflow::reply::ReplyRewriter;
 use crate::workflow::{AutomationWorkflow, Workflow};
-use crate::zoho::{ClientOptions, OAuthCredentials, ZohoClients, ZohoEndpoints, ZohoSetupError};
+use crate::zoho::ZohoSetupError;
 
 /// What `deskhook serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -47,13 +49,6 @@ pub struct ServeOptions {
     pub insecure_no_verification: bool,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
-}
-
-/// Where the Zoho APIs are and how to authenticate to them.
-#[derive(Clone, Debug)]
-pub struct ZohoAccess {
-    pub endpoints: ZohoEndpoints,
-    pub credentials: OAuthCredentials,
 }
 
 /// Why the server could not start.
@@ -159,7 +154,7 @@ fn install_crypto_providers() {
 /// workflow against Zoho when credentials are given, offline otherwise.
 pub async fn start(options: ServeOptions, settings: Settings) -> Result<RunningServer, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let workflow = automation_workflow(&options, &settings, &metrics)?;
+    let workflow = automation_workflow(&options, &metrics)?;
     launch(options, settings, workflow, metrics).await
 }
 
@@ -175,44 +170,27 @@ pub async fn start_with(
 /// The automation workflow, with Zoho clients when credentials are configured.
 fn automation_workflow(
     options: &ServeOptions,
-    settings: &Settings,
     metrics: &Metrics,
 ) -> Result<Arc<dyn Workflow>, ServeError> {
     let http = http_client()?;
-    let zoho = match &options.zoho {
+    let ledger = Arc::new(MemoryLedger::default());
+    let rewriter = Some(ReplyRewriter::new(
+        http.clone(),
+        options.llm_api_key.clone(),
+    ));
+    let workflow = match &options.zoho {
         None => {
             tracing::warn!(
                 "no Zoho credentials: the workflow runs offline and only suggests actions"
             );
-            None
+            AutomationWorkflow::new(None, ledger, rewriter)
         }
-        Some(zoho) => {
-            let org_id = settings
-                .zoho()
-                .org_id
-                .clone()
-                .ok_or(ServeError::MissingOrgId)?;
-            let client_options = ClientOptions {
-                max_concurrency: settings.zoho().max_concurrency.max(1) as usize,
-                source_id: settings.zoho().ignore_source_id.clone(),
-                ..ClientOptions::default()
-            };
-            Some(ZohoClients::new(
-                http.clone(),
-                zoho.endpoints.clone(),
-                zoho.credentials.clone(),
-                org_id,
-                client_options,
-                metrics,
-            )?)
+        Some(access) => {
+            let connector = ZohoConnector::new(http, access.clone(), metrics)?;
+            AutomationWorkflow::connected(connector, ledger, rewriter)
         }
     };
-    let rewriter = ReplyRewriter::new(http, options.llm_api_key.clone());
-    Ok(Arc::new(AutomationWorkflow::new(
-        zoho,
-        Arc::new(MemoryLedger::default()),
-        Some(rewriter),
-    )))
+    Ok(Arc::new(workflow))
 }
 
 async fn launch(

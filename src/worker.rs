@@ -52,6 +52,12 @@ impl WorkerContext {
     }
 
     async fn settle(&self, job: Job, report: DecisionReport) {
+        for step in &report.steps {
+            self.metrics
+                .workflow_steps
+                .with_label_values(&[step.step.as_str(), step.status.label()])
+                .inc();
+        }
         let failure = report.failure().cloned();
         match failure {
             None => {

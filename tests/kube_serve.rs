@@ -100,7 +100,8 @@ async fn kubectl() -> Option<String> {
 async fn kubectl_edit(kubectl: &str, fake: &FakeApi, dir: &TempDir) -> Result<String, String> {
     let editor = dir.write(
         "editor.sh",
-        "#!/bin/sh\nsed -i 's/respond: false/respond: true/' \"$1\"\n",
+        // Only the first occurrence: the spec comes before the status in kubectl's YAML.
+        "#!/bin/sh\nsed -i '0,/respond: false/s//respond: true/' \"$1\"\n",
     );
     let mut permissions = std::fs::metadata(&editor).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
@@ -219,7 +220,10 @@ async fn a_kubectl_edit_reaches_the_running_pod_and_the_resource_says_so() {
         s["observedGeneration"] == 1 && condition(s, "Ready")["status"] == "True"
     })
     .await;
-    assert_eq!((status["pods"].clone(), status["updatedPods"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (status["pods"].clone(), status["updatedPods"].clone()),
+        (json!(1), json!(1))
+    );
     assert_eq!(condition(&status, "Valid")["status"], "True");
     assert_eq!(condition(&status, "Degraded")["status"], "False");
 
@@ -234,7 +238,11 @@ async fn a_kubectl_edit_reaches_the_running_pod_and_the_resource_says_so() {
             "plain HTTP GET then PUT with resourceVersion (kubectl is not installed)".to_owned()
         }
     };
-    println!("the edit was made with: {edited_by}");
+    // Written past the test harness's capture so every run shows which path it took.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("kube_serve: the edit was made with {edited_by}\n").as_bytes(),
+    );
 
     metric_becomes(&pod, r#"deskhook_automation_enabled{flag="respond"}"#, 1.0).await;
     assert_eq!(pod.metric("deskhook_config_generation").await, 2.0);
@@ -267,6 +275,9 @@ async fn a_kubectl_edit_reaches_the_running_pod_and_the_resource_says_so() {
         (events(&fake, "FlagChanged").len() == 2).then_some(())
     })
     .await;
+
+    // A network cut (or an API-server restart) ends the watch; it resumes where it stopped.
+    fake.cut_watches();
 
     // A bad edit: refused, counted, reported; the last good settings stay.
     http_patch(&fake, json!({"spec": {"queue": {"workers": 0}}})).await;

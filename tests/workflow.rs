@@ -554,3 +554,111 @@ async fn french_routing_avoids_the_original_false_positives() {
         );
     }
 }
+
+/// The whole path: a signed delivery to the real server, the queue, a worker, the workflow
+/// against the fake Zoho, and the decision served at `/webhook/decisions`.
+#[tokio::test]
+async fn a_signed_delivery_runs_the_workflow_end_to_end() {
+    use deskhook::config::WatchedSecrets;
+    use deskhook::server::{self, ServeOptions, ZohoAccess};
+    use support::intake::{ADMIN_TOKEN, SECRET, client, eventually, get, hmac_hex, post};
+
+    let fake = seeded_fake().await;
+    let lookup = |name: &str| match name {
+        "ZOHO_CLIENT_ID" => Some(support::fake_zoho::CLIENT_ID.to_owned()),
+        "ZOHO_CLIENT_SECRET" => Some(support::fake_zoho::CLIENT_SECRET.to_owned()),
+        "ZOHO_REFRESH_TOKEN" => Some(support::fake_zoho::REFRESH_TOKEN.to_owned()),
+        "DESKHOOK_ZOHO_ACCOUNTS_URL" | "DESKHOOK_ZOHO_DESK_URL" | "DESKHOOK_ZOHO_CRM_URL" => {
+            Some(fake.url().to_owned())
+        }
+        _ => None,
+    };
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        config: None,
+        kube: None,
+        hmac_secrets: WatchedSecrets::load(Some(SECRET), None).unwrap(),
+        admin_tokens: WatchedSecrets::load(Some(ADMIN_TOKEN), None).unwrap(),
+        zoho: ZohoAccess::from_env(lookup).expect("complete credentials"),
+        llm_api_key: None,
+        insecure_no_verification: false,
+        shutdown_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let running = server::start(options, settings(flags(&["dispatch", "link"])))
+        .await
+        .expect("the server starts");
+    let http = client();
+    let body = format!(
+        r#"[{{"eventType":"Ticket_Add","eventTime":"1714560000000","orgId":"{org}","payload":{{"id":"{TICKET}","departmentId":"1"}}}}]"#,
+        org = support::fake_zoho::ORG_ID
+    );
+    let signature = hmac_hex(SECRET, body.as_bytes());
+    let answer = post(
+        &http,
+        &format!("http://{}/webhook/zoho-desk", running.addr),
+        body,
+        &[("X-Zoho-Signature", &signature)],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+
+    let decisions_url = format!(
+        "http://{}/webhook/decisions?ticket_id={TICKET}",
+        running.addr
+    );
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let decision = eventually("the decision report", || async {
+        let reply = get(&http, &decisions_url, &[("Authorization", &auth)]).await;
+        reply.json["decisions"]
+            .as_array()
+            .and_then(|d| d.first().cloned())
+    })
+    .await;
+    assert_eq!(decision["routing"]["rule"], "refus-cma");
+    assert_eq!(decision["link_strategy"], "email");
+    assert_eq!(decision["deal"]["id"], DEAL);
+    assert_eq!(write_ops(&fake), ["move_ticket", "update_ticket"]);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn credentials_without_an_org_id_fail_the_run_not_the_server() {
+    let fake = seeded_fake().await;
+    let metrics = Metrics::new();
+    let access = deskhook::server::ZohoAccess {
+        credentials: FakeZoho::credentials(),
+        url_overrides: [
+            "DESKHOOK_ZOHO_ACCOUNTS_URL",
+            "DESKHOOK_ZOHO_DESK_URL",
+            "DESKHOOK_ZOHO_CRM_URL",
+        ]
+        .into_iter()
+        .map(|name| (name.to_owned(), fake.url().to_owned()))
+        .collect(),
+    };
+    let connector = deskhook::workflow::connection::ZohoConnector::new(
+        deskhook::server::http_client().unwrap(),
+        access,
+        &metrics,
+    )
+    .unwrap();
+    let workflow =
+        AutomationWorkflow::connected(connector, Arc::new(MemoryLedger::default()), None);
+    let mut no_org = settings(AutomationFlags::default());
+    no_org.spec.zoho.org_id = None;
+    let report = workflow.run(&job(1, "Ticket_Add"), &no_org).await;
+    let failure = report.failure().expect("the run fails");
+    assert!(
+        failure.detail.contains("spec.zoho.orgId"),
+        "{}",
+        failure.detail
+    );
+    assert!(!failure.retryable);
+    // With the org id (as a live settings edit brings it), the same workflow works.
+    let report = workflow
+        .run(&job(2, "Ticket_Add"), &settings(AutomationFlags::READ_ONLY))
+        .await;
+    assert!(report.succeeded(), "{:?}", report.steps);
+}

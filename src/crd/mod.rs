@@ -58,68 +58,16 @@ pub struct WebhookAutomationDocument {
     doc = "Settings of a deskhook Deployment: which automation flags are on, which Zoho Desk \
            events and departments are acted on, routing rules and reply templates. Every pod \
            watches this resource and applies an edit within seconds, without a restart.",
-    printcolumn(
-        name = "Dispatch",
-        type_ = "boolean",
-        json_path = ".spec.automation.dispatch",
-        description = "Tickets are moved to the department the rules choose"
-    ),
-    printcolumn(
-        name = "Link",
-        type_ = "boolean",
-        json_path = ".spec.automation.link",
-        description = "The CRM deal is stored on the ticket"
-    ),
-    printcolumn(
-        name = "Respond",
-        type_ = "boolean",
-        json_path = ".spec.automation.respond",
-        description = "Replies are sent to customers"
-    ),
-    printcolumn(
-        name = "UpdateTicket",
-        type_ = "boolean",
-        json_path = ".spec.automation.updateTicket",
-        description = "Ticket statuses are set",
-        priority = 1
-    ),
-    printcolumn(
-        name = "UpdateDeal",
-        type_ = "boolean",
-        json_path = ".spec.automation.updateDeal",
-        description = "CRM deal fields are written",
-        priority = 1
-    ),
-    printcolumn(
-        name = "AddNote",
-        type_ = "boolean",
-        json_path = ".spec.automation.addNote",
-        description = "A note is added to the CRM deal",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
-        description = "Every pod runs the current generation"
-    ),
-    printcolumn(
-        name = "Updated",
-        type_ = "integer",
-        json_path = ".status.updatedPods",
-        description = "Pods running the generation in force"
-    ),
-    printcolumn(
-        name = "Pods",
-        type_ = "integer",
-        json_path = ".status.pods",
-        description = "Pods reporting"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name": "Dispatch", "type": "boolean", "jsonPath": ".spec.automation.dispatch", "description": "Tickets are moved to the department the rules choose"}"#,
+    printcolumn = r#"{"name": "Link", "type": "boolean", "jsonPath": ".spec.automation.link", "description": "The CRM deal is stored on the ticket"}"#,
+    printcolumn = r#"{"name": "Respond", "type": "boolean", "jsonPath": ".spec.automation.respond", "description": "Replies are sent to customers"}"#,
+    printcolumn = r#"{"name": "UpdateTicket", "type": "boolean", "jsonPath": ".spec.automation.updateTicket", "description": "Ticket statuses are set", "priority": 1}"#,
+    printcolumn = r#"{"name": "UpdateDeal", "type": "boolean", "jsonPath": ".spec.automation.updateDeal", "description": "CRM deal fields are written", "priority": 1}"#,
+    printcolumn = r#"{"name": "AddNote", "type": "boolean", "jsonPath": ".spec.automation.addNote", "description": "A note is added to the CRM deal", "priority": 1}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Every pod runs the current generation"}"#,
+    printcolumn = r#"{"name": "Updated", "type": "integer", "jsonPath": ".status.updatedPods", "description": "Pods running the generation in force"}"#,
+    printcolumn = r#"{"name": "Pods", "type": "integer", "jsonPath": ".status.pods", "description": "Pods reporting"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [

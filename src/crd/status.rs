@@ -194,6 +194,59 @@ mod tests {
         assert_eq!(listed, crate::config::REGIONS);
     }
 
+    /// The CEL rules evaluated client-side (kube's `cel` feature) on the objects an API server
+    /// would see: they must accept the reference configuration and refuse what
+    /// `Settings::from_spec` refuses.
+    #[test]
+    fn cel_rules_accept_the_reference_configuration_and_refuse_bad_edits() {
+        use kube::core::cel::validate_cel;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webhookautomation.yaml");
+        let spec = crate::config::load_spec_file(&path).unwrap();
+        validate_cel(&WebhookAutomation::new("support", spec)).unwrap();
+
+        let cases = [
+            ("departments: [DOC, doc]", "department names must be unique"),
+            (
+                "routing: [{name: a}, {name: a}]",
+                "routing rule names must be unique",
+            ),
+            (
+                "routing: [{name: a, then: {replyTemplate: missing}}]",
+                "every replyTemplate named by a routing rule must be defined",
+            ),
+            (
+                "routing: [{name: a, when: {deal: [{field: Stage, equals: x, present: true}]}}]",
+                "a deal condition needs exactly one operator",
+            ),
+            (
+                "replies: {llm: {url: u, model: m, minChars: 50, maxChars: 10}}",
+                "minChars must not exceed maxChars",
+            ),
+        ];
+        for (yaml, message) in cases {
+            let spec: super::super::WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
+            assert!(
+                crate::config::Settings::from_spec(
+                    spec.clone(),
+                    crate::config::SettingsSource::Environment,
+                    1
+                )
+                .is_err(),
+                "{yaml} is refused by the settings too"
+            );
+            let refused = validate_cel(&WebhookAutomation::new("support", spec))
+                .expect_err(yaml)
+                .to_string();
+            assert!(refused.contains(message), "{yaml}: {refused}");
+        }
+        let fine: super::super::WebhookAutomationSpec = serde_yaml::from_str(
+            "departments: [DOC, Contact]\nrouting: [{name: a, then: {replyTemplate: t}}]\n\
+             replies: {templates: {t: hello}}",
+        )
+        .unwrap();
+        validate_cel(&WebhookAutomation::new("support", fine)).unwrap();
+    }
+
     #[test]
     fn cel_rules_cover_what_the_schema_cannot_say() {
         let yaml = crd_yaml();

@@ -214,14 +214,9 @@ pub async fn start_with_client(
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let key = format!("{namespace}/{}", options.resource);
     let api = automation_api(client.clone(), &namespace);
-    match api.get_opt(&options.resource).await {
-        Ok(Some(_)) => {}
-        Ok(None) => tracing::error!(
-            resource = %key,
-            "the WebhookAutomation resource does not exist: every writing flag stays off \
-             (read-only) until it is created"
-        ),
-        Err(source) => return Err(KubeError::Preflight { key, source }),
+    // A missing resource is not an error here: the watcher reports it and stays read-only.
+    if let Err(source) = api.get_opt(&options.resource).await {
+        return Err(KubeError::Preflight { key, source });
     }
 
     let kube_metrics = watch::KubeMetrics::register(&metrics);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
+use super::connection::{ZohoConnection, ZohoConnector};
 use super::echo::{EchoGuard, is_outgoing};
 use super::ledger::StepLedger;
 use super::linking::{self, LinkStrategy, Message};
@@ -33,7 +34,7 @@ const MAX_REPLY_CHARS: usize = 10_000;
 
 /// The automation workflow.
 pub struct AutomationWorkflow {
-    zoho: Option<ZohoClients>,
+    zoho: ZohoConnection,
     ledger: Arc<dyn StepLedger>,
     echo: EchoGuard,
     rewriter: Option<ReplyRewriter>,
@@ -44,6 +45,24 @@ impl AutomationWorkflow {
     /// `None`. `rewriter` is used only when `spec.replies.llm` is set.
     pub fn new(
         zoho: Option<ZohoClients>,
+        ledger: Arc<dyn StepLedger>,
+        rewriter: Option<ReplyRewriter>,
+    ) -> Self {
+        let zoho = zoho.map_or(ZohoConnection::Offline, ZohoConnection::Fixed);
+        Self::with_connection(zoho, ledger, rewriter)
+    }
+
+    /// A workflow whose clients follow each job's settings (`spec.zoho`).
+    pub fn connected(
+        connector: ZohoConnector,
+        ledger: Arc<dyn StepLedger>,
+        rewriter: Option<ReplyRewriter>,
+    ) -> Self {
+        Self::with_connection(ZohoConnection::PerSettings(connector), ledger, rewriter)
+    }
+
+    fn with_connection(
+        zoho: ZohoConnection,
         ledger: Arc<dyn StepLedger>,
         rewriter: Option<ReplyRewriter>,
     ) -> Self {
@@ -122,7 +141,16 @@ impl AutomationWorkflow {
 
         // 1. Fetch: the webhook body is unsigned by Zoho's JWT, so it is only a hint.
         let started = Instant::now();
-        let facts = match &self.zoho {
+        let zoho = match self.zoho.clients(settings) {
+            Ok(zoho) => zoho,
+            Err(error) => {
+                let mut step = StepReport::new("fetch", StepStatus::Failed, error);
+                step.retryable = false;
+                report.record(step);
+                return;
+            }
+        };
+        let facts = match &zoho {
             None => {
                 report.offline = true;
                 Ok(facts_from_event(event, settings))
@@ -136,7 +164,7 @@ impl AutomationWorkflow {
                 return;
             }
         };
-        let source = if self.zoho.is_some() {
+        let source = if zoho.is_some() {
             "read from Zoho Desk"
         } else {
             "read from the event (offline)"
@@ -165,7 +193,7 @@ impl AutomationWorkflow {
 
         // 2. Link (decide).
         let started = Instant::now();
-        let deal = match &self.zoho {
+        let deal = match &zoho {
             None => {
                 report.link_strategy = Some(LinkStrategy::Offline);
                 report.record(StepReport::new(
@@ -216,7 +244,7 @@ impl AutomationWorkflow {
         ));
         report.routing = Some(routing);
 
-        let zoho = self.zoho.as_ref();
+        let zoho = zoho.as_ref();
         let flags = *settings.flags();
         let ticket_id = event.ticket_id.clone();
 
@@ -231,6 +259,7 @@ impl AutomationWorkflow {
         let flow = self
             .write(
                 report,
+                zoho,
                 &job_key,
                 "dispatch",
                 flags.dispatch,
@@ -281,13 +310,22 @@ impl AutomationWorkflow {
             })
             .unwrap_or_default();
         let flow = self
-            .write(report, &job_key, "link", flags.link, need, true, || async {
-                let zoho = zoho.expect("writes run online only");
-                zoho.desk
-                    .update_ticket(&ticket_id, &json!({"cf": {field.clone(): link}}))
-                    .await?;
-                Ok(format!("deal stored in {field}"))
-            })
+            .write(
+                report,
+                zoho,
+                &job_key,
+                "link",
+                flags.link,
+                need,
+                true,
+                || async {
+                    let zoho = zoho.expect("writes run online only");
+                    zoho.desk
+                        .update_ticket(&ticket_id, &json!({"cf": {field.clone(): link}}))
+                        .await?;
+                    Ok(format!("deal stored in {field}"))
+                },
+            )
             .await;
         if let Flow::Stop = flow {
             return;
@@ -297,6 +335,7 @@ impl AutomationWorkflow {
         if let Flow::Stop = self
             .reply_step(
                 report,
+                zoho,
                 &job_key,
                 settings,
                 &facts,
@@ -320,6 +359,7 @@ impl AutomationWorkflow {
         let flow = self
             .write(
                 report,
+                zoho,
                 &job_key,
                 "update_ticket",
                 flags.update_ticket,
@@ -359,6 +399,7 @@ impl AutomationWorkflow {
         let flow = self
             .write(
                 report,
+                zoho,
                 &job_key,
                 "update_deal",
                 flags.update_deal,
@@ -398,6 +439,7 @@ impl AutomationWorkflow {
         );
         self.write(
             report,
+            zoho,
             &job_key,
             "add_note",
             flags.add_note,
@@ -420,6 +462,7 @@ impl AutomationWorkflow {
     async fn reply_step(
         &self,
         report: &mut DecisionReport,
+        zoho: Option<&ZohoClients>,
         job_key: &str,
         settings: &Settings,
         facts: &Facts,
@@ -518,7 +561,7 @@ impl AutomationWorkflow {
         };
         if need.is_ok() && mode == "suggestion" {
             let detail = "respond and draftReplies are off: the reply is kept as a suggestion";
-            let status = if self.zoho.is_none() {
+            let status = if zoho.is_none() {
                 StepStatus::Suggested
             } else {
                 StepStatus::SkippedFlagOff
@@ -526,7 +569,6 @@ impl AutomationWorkflow {
             report.record(StepReport::new("reply", status, detail));
             return Flow::Continue;
         }
-        let zoho = self.zoho.as_ref();
         let ticket_id = report.ticket_id.clone();
         let message = Reply {
             from_email_address: from.unwrap_or_default(),
@@ -536,6 +578,7 @@ impl AutomationWorkflow {
         };
         self.write(
             report,
+            zoho,
             job_key,
             "reply",
             flags.respond || flags.draft_replies,
@@ -560,6 +603,7 @@ impl AutomationWorkflow {
     async fn write<F, Fut>(
         &self,
         report: &mut DecisionReport,
+        zoho: Option<&ZohoClients>,
         job_key: &str,
         step: &str,
         flag: bool,
@@ -578,7 +622,7 @@ impl AutomationWorkflow {
             }
             Ok(what) => what,
         };
-        if self.zoho.is_none() {
+        if zoho.is_none() {
             report.record(StepReport::new(
                 step,
                 StepStatus::Suggested,

@@ -85,10 +85,10 @@ pub fn customer_email(
         let sender_is_staff = sender
             .as_deref()
             .is_some_and(|s| is_staff(s, staff_domains));
-        if message.is_forward || sender_is_staff {
-            if let Some(original) = forwarded_sender(message.body, staff_domains) {
-                return Some(original);
-            }
+        if (message.is_forward || sender_is_staff)
+            && let Some(original) = forwarded_sender(message.body, staff_domains)
+        {
+            return Some(original);
         }
         if let Some(sender) = sender.filter(|s| !is_staff(s, staff_domains)) {
             return Some(sender);

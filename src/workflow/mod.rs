@@ -4,6 +4,7 @@
 //! returns a [`DecisionReport`]: what it decided, and what each step did or why it did not.
 
 pub mod automation;
+pub mod connection;
 pub mod echo;
 pub mod ledger;
 pub mod linking;

@@ -22,6 +22,17 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// The metric label: `done`, `skipped_flag_off`, `not_needed`, `suggested`, `failed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::SkippedFlagOff => "skipped_flag_off",
+            Self::NotNeeded => "not_needed",
+            Self::Suggested => "suggested",
+            Self::Failed => "failed",
+        }
+    }
+
     /// The human form used in logs: `done`, `skipped: flag off`, `not needed`, …
     pub fn as_str(self) -> &'static str {
         match self {

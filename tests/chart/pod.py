@@ -80,16 +80,20 @@ class Pod:
                 return str(local / value[len(mount_path) + 1:])
         return value
 
-    def _args(self) -> list[str]:
+    def kube_argv(self) -> list[str]:
+        """The Deployment's command line as it is, `--kube` included, on loopback listeners."""
+        return [self.argv[0], *self._args(keep_kube=True)]
+
+    def _args(self, keep_kube: bool = False) -> list[str]:
         args = list(self.container["args"])
         out = []
         i = 0
         while i < len(args):
             arg = args[i]
-            if arg == "--kube":
+            if arg == "--kube" and not keep_kube:
                 i += 1
                 continue
-            if arg == "--resource":
+            if arg == "--resource" and not keep_kube:
                 i += 2
                 continue
             if arg in ("--listen", "--metrics-listen"):
@@ -98,6 +102,8 @@ class Pod:
                 continue
             out.append(self._local(arg))
             i += 1
+        if keep_kube:
+            return out
         resource = self.workdir / "webhookautomation.yaml"
         resource.write_text(yaml.safe_dump(self._one("WebhookAutomation")))
         return [*out, "--config", str(resource)]

@@ -120,3 +120,18 @@ def test_pod_drains_within_the_termination_grace_period(pod):
     assert pod.process.wait(timeout=period) == 0
     elapsed = time.monotonic() - started
     assert elapsed < period, f"the drain took {elapsed:.1f} s, the pod gets {period} s"
+
+
+@pytest.mark.parametrize("value_set", RUNNABLE)
+def test_pod_in_kube_mode_gets_as_far_as_the_api_server(deskhook_bin, tmp_path, value_set):
+    """With the Deployment's own command line, `--kube` included, and no cluster to talk to,
+    the only thing left to fail is the Kubernetes client: arguments, credentials and settings
+    must all have been accepted before it."""
+    pod = Pod(deskhook_bin, value_set, tmp_path)
+    env = {**pod.env, "HOME": str(tmp_path)}  # no kubeconfig, no in-cluster variables
+    result = subprocess.run(pod.kube_argv(), env=env, capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Kubernetes" in output, (
+        "deskhook serve --kube stopped before reaching the Kubernetes client:\n" + output[-2000:])

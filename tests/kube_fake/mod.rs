@@ -201,7 +201,10 @@ impl FakeApi {
         let mut store = self.shared.store.lock().expect("not poisoned");
         store.version += 1;
         let version = store.version;
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         object["metadata"]["namespace"] = json!(namespace);
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         object["metadata"]["uid"] = json!(format!("uid-{name}-{version}"));
@@ -281,9 +284,10 @@ fn publish(shared: &Shared, store: &mut Store, kind: &str, object: Value) {
 }
 
 fn remove(store: &mut Store, resource: &str, namespace: &str, name: &str) -> Option<Value> {
-    let mut object = store
-        .objects
-        .remove(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))?;
+    let mut object =
+        store
+            .objects
+            .remove(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))?;
     store.version += 1;
     object["metadata"]["resourceVersion"] = json!(store.version.to_string());
     Some(object)
@@ -296,7 +300,9 @@ fn discovery(segments: &[&str]) -> Option<Value> {
             "verbs": verbs, "shortNames": short
         })
     };
-    let all = ["create", "delete", "get", "list", "patch", "update", "watch"];
+    let all = [
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ];
     let group = |name: &str, version: &str| {
         json!({
             "name": name,
@@ -428,7 +434,7 @@ async fn handle(
     store.log.push(Logged {
         user_agent,
         method: method.to_string(),
-        path,
+        path: path.clone(),
         group: group.to_owned(),
         resource: full_resource,
         verb: verb.to_owned(),
@@ -460,7 +466,8 @@ fn serve(shared: &Shared, store: &mut Store, request: Request<'_>) -> Response {
         mut body,
     } = request;
     let key = |name: &str| (resource.to_owned(), namespace.to_owned(), name.to_owned());
-    let not_found = |name: &str| status(404, "NotFound", &format!("{resource} \"{name}\" not found"));
+    let not_found =
+        |name: &str| status(404, "NotFound", &format!("{resource} \"{name}\" not found"));
     match (verb, name) {
         ("list", None) => {
             let labels = query_param(query, "labelSelector");
@@ -488,12 +495,19 @@ fn serve(shared: &Shared, store: &mut Store, request: Request<'_>) -> Response {
             None => not_found(name),
         },
         ("create", None) => {
-            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if name.is_empty() {
                 return status(422, "Invalid", "metadata.name is required");
             }
             if store.objects.contains_key(&key(&name)) {
-                return status(409, "AlreadyExists", &format!("{resource} \"{name}\" already exists"));
+                return status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{resource} \"{name}\" already exists"),
+                );
             }
             store.version += 1;
             body["metadata"]["namespace"] = json!(namespace);
@@ -529,7 +543,15 @@ fn serve(shared: &Shared, store: &mut Store, request: Request<'_>) -> Response {
                 next["metadata"]["uid"] = current["metadata"]["uid"].clone();
                 next["metadata"]["namespace"] = json!(namespace);
             }
-            store_write(shared, store, resource, key(name), &current, next, subresource)
+            store_write(
+                shared,
+                store,
+                resource,
+                key(name),
+                &current,
+                next,
+                subresource,
+            )
         }
         ("patch", Some(name)) => {
             let current = store.objects.get(&key(name)).cloned();
@@ -582,7 +604,15 @@ fn serve(shared: &Shared, store: &mut Store, request: Request<'_>) -> Response {
                 }
                 _ => merge_patch(&mut next, &body),
             }
-            store_write(shared, store, resource, key(name), &current, next, subresource)
+            store_write(
+                shared,
+                store,
+                resource,
+                key(name),
+                &current,
+                next,
+                subresource,
+            )
         }
         ("delete", Some(name)) => match remove(store, resource, namespace, name) {
             Some(object) => {
@@ -593,7 +623,11 @@ fn serve(shared: &Shared, store: &mut Store, request: Request<'_>) -> Response {
             }
             None => not_found(name),
         },
-        _ => status(405, "MethodNotAllowed", &format!("{verb} is not served here")),
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            &format!("{verb} is not served here"),
+        ),
     }
 }
 
