@@ -57,7 +57,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
             return response;
         }
     };
-    tracing::info!(bytes = body.len(), "Received webhook");
+    tracing::debug!(bytes = body.len(), "Received webhook");
 
     // Zoho's URL validation may POST without a signature and without an event: answer 200 and
     // do nothing. A body that names a ticket is never processed unsigned.
@@ -174,11 +174,11 @@ async fn enqueue(
         let ticket_id = event.ticket_id.clone();
         let event_type = event.event_type.clone();
         let status = if let Some(why) = ignore_reason(settings, &event) {
-            tracing::info!(%ticket_id, %event_type, why, "event ignored");
+            tracing::debug!(%ticket_id, %event_type, why, "event ignored");
             "ignored"
         } else {
             let accepted = state.queue.accept(event, policy).await?;
-            tracing::info!(%ticket_id, %event_type, outcome = ?accepted, "event queued");
+            tracing::debug!(%ticket_id, %event_type, outcome = ?accepted, "event queued");
             match accepted {
                 Accepted::Queued | Accepted::Coalesced => "queued",
                 Accepted::Duplicate => "duplicate",
