@@ -1,5 +1,5 @@
 # The commands the README shows. `make test` is also what CI runs.
-.PHONY: test run fmt lint chart-check manifests
+.PHONY: test run fmt lint chart-check manifests bench
 
 # The chart checks need the Python packages of tests/chart/requirements.txt and promtool.
 PYTHON ?= python3
@@ -31,3 +31,9 @@ chart-check:
 # Regenerates manifests/deskhook.yaml (the chart with default values, for kubectl apply).
 manifests:
 	$(PYTHON) tests/chart/render.py --output manifests/deskhook.yaml
+
+# Builds release binaries and measures intake against the reference peers (../shared/peers, or
+# PEERS_DIR), start-up, memory, binary size and the workflow against the fake Zoho; prints
+# tables with ratios. BENCH_ARGS passes options to bench/run.py (e.g. --duration 8 --reps 3).
+bench:
+	$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -1,6 +1,16 @@
 //! The most recent decision reports, bounded, newest first.
+//!
+//! Every stored report gets an id of its own: `job_id` cannot serve, since manual runs all
+//! use 0 and a retried job produces one report per attempt. The review console links to a
+//! decision by this id.
+//!
+//! Readers that serve people (the console) use the async [`DecisionLog::list`] and
+//! [`DecisionLog::get`], so a store shared by every pod (Redis) can sit behind them later
+//! without changing its callers; `push` and `recent` stay synchronous for the worker and the
+//! JSON API.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::workflow::DecisionReport;
@@ -8,26 +18,45 @@ use crate::workflow::DecisionReport;
 /// Reports kept by default.
 pub const DEFAULT_RETAINED: usize = 500;
 
+/// One stored report and the id it is known by.
+#[derive(Clone, Debug)]
+pub struct StoredDecision {
+    /// Unique within the store; only ASCII digits.
+    pub id: String,
+    pub report: Arc<DecisionReport>,
+}
+
 /// A bounded log of recent reports.
 pub struct DecisionLog {
     capacity: usize,
-    reports: Mutex<VecDeque<Arc<DecisionReport>>>,
+    next_id: AtomicU64,
+    reports: Mutex<VecDeque<StoredDecision>>,
 }
 
 impl DecisionLog {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            next_id: AtomicU64::new(1),
             reports: Mutex::new(VecDeque::new()),
         }
     }
 
+    /// How many reports are kept at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn push(&self, report: DecisionReport) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         if reports.len() == self.capacity {
             reports.pop_back();
         }
-        reports.push_front(Arc::new(report));
+        reports.push_front(StoredDecision {
+            id,
+            report: Arc::new(report),
+        });
     }
 
     /// Up to `limit` reports, newest first, optionally for one ticket.
@@ -35,9 +64,55 @@ impl DecisionLog {
         let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports
             .iter()
-            .filter(|r| ticket_id.is_none_or(|id| r.ticket_id == id))
+            .filter(|d| ticket_id.is_none_or(|id| d.report.ticket_id == id))
             .take(limit)
-            .cloned()
+            .map(|d| d.report.clone())
             .collect()
+    }
+
+    /// Every retained decision with its id, newest first.
+    pub async fn list(&self) -> Vec<StoredDecision> {
+        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.iter().cloned().collect()
+    }
+
+    /// The decision stored under `id`, while it is retained.
+    pub async fn get(&self, id: &str) -> Option<StoredDecision> {
+        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.iter().find(|d| d.id == id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Settings, SettingsSource};
+    use crate::event::TicketEvent;
+    use crate::queue::Job;
+
+    fn report(ticket: &str) -> DecisionReport {
+        let settings =
+            Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
+        let job = Job {
+            id: 0,
+            event: TicketEvent::manual(ticket.to_owned()),
+            attempt: 1,
+            enqueued_at: std::time::Instant::now(),
+        };
+        DecisionReport::start(&job, &settings).finish()
+    }
+
+    #[tokio::test]
+    async fn every_report_gets_its_own_id_and_the_oldest_go_first() {
+        let log = DecisionLog::new(2);
+        for ticket in ["1", "2", "3"] {
+            log.push(report(ticket));
+        }
+        let kept = log.list().await;
+        let ids: Vec<&str> = kept.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["3", "2"], "newest first, the first one dropped");
+        assert_eq!(log.get("2").await.unwrap().report.ticket_id, "2");
+        assert!(log.get("1").await.is_none(), "no longer retained");
+        assert_eq!(log.recent(Some("3"), 10).len(), 1);
     }
 }

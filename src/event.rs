@@ -288,6 +288,20 @@ fn epoch_millis(value: &Value) -> Option<i64> {
     })
 }
 
+/// Feeds written bytes to a SHA-256 hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl TicketEvent {
     /// Builds an event and its deduplication key.
     pub fn new(
@@ -303,8 +317,12 @@ impl TicketEvent {
             hasher.update([0]);
         }
         hasher.update(event_time_ms.unwrap_or(0).to_be_bytes());
-        // `Value` keeps object keys sorted, so equal payloads serialise to equal bytes.
-        hasher.update(serde_json::to_vec(&payload).unwrap_or_default());
+        // `Value` keeps object keys sorted, so equal payloads serialise to equal bytes. They are
+        // streamed into the hasher through a small buffer rather than copied whole first.
+        let mut writer = std::io::BufWriter::with_capacity(1024, HashWriter(&mut hasher));
+        let _ = serde_json::to_writer(&mut writer, &payload);
+        let _ = std::io::Write::flush(&mut writer);
+        drop(writer);
         Self {
             ticket_id,
             event_type,

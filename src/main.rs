@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use deskhook::config::{Secret, WatchedSecrets};
 use deskhook::crd::SignatureEncoding;
 use deskhook::kube::KubeOptions;
-use deskhook::server::{self, ServeOptions, ZohoAccess};
+use deskhook::queue::redis::QueueAdmin;
+use deskhook::server::{self, RedisAccess, ServeOptions, ZohoAccess};
+use deskhook::shared::{REDIS_URL_VAR, Redis};
 use deskhook::telemetry::{self, LogFormat};
 use deskhook::verify::hmac;
 
@@ -36,6 +38,41 @@ enum Command {
         /// Print base64 instead of hex.
         #[arg(long)]
         base64: bool,
+    },
+    /// Inspect the Redis queue and replay dead letters (DESKHOOK_REDIS_URL).
+    Queue(QueueArgs),
+}
+
+#[derive(Args)]
+struct QueueArgs {
+    /// Prefix of deskhook's Redis keys (spec.queue.redis.keyPrefix).
+    #[arg(long, value_name = "PREFIX", default_value = "deskhook", global = true)]
+    key_prefix: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: QueueCommand,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Events waiting, jobs running per pod, dead letters.
+    Stats,
+    /// Jobs that failed for good, oldest first, with their last error.
+    DeadLetters {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letters back on the queue; steps a job already did are not repeated.
+    Replay {
+        /// The dead letter's id (from `dead-letters`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -74,6 +111,15 @@ struct ServeArgs {
     /// Seconds queued work may take to finish after SIGTERM.
     #[arg(long, value_name = "SECONDS", default_value_t = 25)]
     shutdown_grace: u64,
+    /// Decision reports kept in memory for /webhook/decisions and the review console.
+    #[arg(
+        long,
+        value_name = "COUNT",
+        env = "DESKHOOK_DECISIONS_RETAINED",
+        default_value_t = deskhook::decisions::DEFAULT_RETAINED as u32,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    decisions_retained: u32,
     /// Log format.
     #[arg(long, value_enum, default_value = "auto", env = "DESKHOOK_LOG_FORMAT")]
     log_format: LogFormat,
@@ -87,6 +133,11 @@ fn main() -> anyhow::Result<()> {
             print!("{}", deskhook::crd::crd_yaml());
             Ok(())
         }
+        Command::Queue(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the async runtime")?
+            .block_on(queue(args)),
         Command::Serve(args) => {
             let telemetry = telemetry::init(args.log_format);
             let outcome = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +195,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         env("DESKHOOK_ADMIN_TOKEN").as_deref(),
         args.admin_token_file,
     )?;
+    let standard_webhooks_secrets =
+        WatchedSecrets::load(env("DESKHOOK_STANDARD_WEBHOOKS_SECRET").as_deref(), None)?;
+    if standard_webhooks_secrets
+        .current()
+        .iter()
+        .any(|secret| deskhook::verify::standard::decode_secret(secret).is_none())
+    {
+        bail!("DESKHOOK_STANDARD_WEBHOOKS_SECRET holds a secret that is not whsec_<base64>");
+    }
     let kube = match (args.kube, args.resource) {
         (true, Some(resource)) => Some(kube_options(resource)),
         _ => None,
@@ -161,10 +221,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config: args.config,
         kube,
         hmac_secrets,
+        standard_webhooks_secrets,
         admin_tokens,
         insecure_no_verification: args.insecure_no_verification,
         shutdown_delay: Duration::from_secs(args.shutdown_delay),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        decisions_retained: args.decisions_retained as usize,
+        redis: env(REDIS_URL_VAR).map(|url| RedisAccess {
+            url: Secret::new(url),
+            consumer: pod_name(),
+        }),
     };
     let running = server::start(options, settings).await?;
     let stopper = running.stopper();
@@ -178,12 +244,85 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Where the resource is and who this pod is, from the downward API's variables.
 fn kube_options(resource: String) -> KubeOptions {
-    let pod = env("POD_NAME")
-        .or_else(|| env("HOSTNAME"))
-        .unwrap_or_else(|| format!("deskhook-{}", std::process::id()));
-    let mut options = KubeOptions::new(resource, pod);
+    let mut options = KubeOptions::new(resource, pod_name());
     options.namespace = env("POD_NAMESPACE");
     options
+}
+
+/// This pod's name (downward API), else the host name, else one unique to this process.
+fn pod_name() -> String {
+    env("POD_NAME")
+        .or_else(|| env("HOSTNAME"))
+        .unwrap_or_else(|| format!("deskhook-{}", std::process::id()))
+}
+
+async fn queue(args: QueueArgs) -> anyhow::Result<()> {
+    let url = env(REDIS_URL_VAR).with_context(|| format!("{REDIS_URL_VAR} is not set"))?;
+    let redis = Redis::connect(&Secret::new(url), &args.key_prefix)?;
+    let admin = QueueAdmin::new(&redis);
+    let print_json = |value: serde_json::Value| {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON prints")
+        );
+    };
+    match args.command {
+        QueueCommand::Stats => {
+            let stats = admin.stats().await?;
+            if args.json {
+                print_json(serde_json::to_value(&stats)?);
+            } else {
+                println!("waiting       {}", stats.waiting);
+                println!("running       {}", stats.running);
+                println!("dead letters  {}", stats.dead_letters);
+                for consumer in &stats.consumers {
+                    println!(
+                        "consumer {:<30} holds {:>4}  idle {:.1}s",
+                        consumer.name,
+                        consumer.pending,
+                        consumer.idle_ms as f64 / 1000.0
+                    );
+                }
+            }
+        }
+        QueueCommand::DeadLetters { limit } => {
+            let letters = admin.dead_letters(limit).await?;
+            if args.json {
+                print_json(serde_json::to_value(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                for letter in &letters {
+                    println!(
+                        "{}  ticket {}  {}  attempts {}  error: {}",
+                        letter.id,
+                        letter.ticket_id,
+                        letter.event_type.as_deref().unwrap_or("?"),
+                        letter.attempts,
+                        letter.error
+                    );
+                }
+            }
+        }
+        QueueCommand::Replay { id, all } => {
+            let replayed = match (id, all) {
+                (_, true) => admin.replay_all().await?,
+                (Some(id), false) => vec![admin.replay(&id).await?],
+                (None, false) => bail!("give a dead letter id or --all"),
+            };
+            if args.json {
+                print_json(serde_json::to_value(&replayed)?);
+            } else {
+                for one in &replayed {
+                    println!("{}  {}", one.id, one.outcome);
+                }
+            }
+            if replayed.iter().any(|r| r.outcome == "missing") {
+                bail!("no such dead letter");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C (a terminal).

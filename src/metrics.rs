@@ -30,6 +30,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub config_reload_errors: IntCounter,
     pub verification_disabled: IntGauge,
+    pub connections_open: IntGauge,
 }
 
 impl Metrics {
@@ -85,7 +86,7 @@ impl Metrics {
         Self {
             webhook_requests: counter_vec(
                 "webhook_requests_total",
-                "Webhook deliveries by outcome (accepted, validation, unauthorized, bad_request, too_large, unavailable).",
+                "Webhook deliveries by outcome (accepted, validation, unauthorized, bad_request, too_large, unavailable, rate_limited, forbidden, timeout).",
                 &["outcome"],
             ),
             request_duration,
@@ -101,7 +102,7 @@ impl Metrics {
             ),
             rejections: counter_vec(
                 "webhook_rejections_total",
-                "Deliveries refused, by bounded reason.",
+                "Requests refused on the public listener, by bounded reason (verification failures, replays, limits, slow or oversized clients).",
                 &["reason"],
             ),
             payload_parse_errors: counter(
@@ -146,6 +147,10 @@ impl Metrics {
             verification_disabled: gauge(
                 "verification_disabled",
                 "1 when the server runs with --insecure-no-verification.",
+            ),
+            connections_open: gauge(
+                "connections_open",
+                "Connections open on the public webhook listener.",
             ),
             registry,
         }

@@ -17,16 +17,20 @@ use tokio::sync::watch;
 use crate::config::{
     self, InvalidSettings, Secret, Settings, SettingsHandle, SettingsSource, WatchedSecrets,
 };
-use crate::decisions::{DEFAULT_RETAINED, DecisionLog};
+use crate::crd::QueueBackend;
+use crate::decisions::DecisionLog;
 use crate::http::{self, AppState};
 use crate::kube::{KubeError, KubeOptions};
 use crate::metrics::Metrics;
-use crate::queue::{MemoryQueue, Queue};
+use crate::queue::{MemoryQueue, Queue, RedisQueue, RedisQueueOptions};
+use crate::shared::ledger::RedisLedger;
+use crate::shared::reconcile::Reconciler;
+use crate::shared::{Redis, RedisSetupError};
 use crate::verify::Verifier;
 use crate::worker::{WorkerContext, spawn_workers};
 pub use crate::workflow::connection::ZohoAccess;
 use crate::workflow::connection::ZohoConnector;
-use crate::workflow::ledger::MemoryLedger;
+use crate::workflow::ledger::{MemoryLedger, StepLedger};
 use crate::workflow::reply::ReplyRewriter;
 use crate::workflow::{AutomationWorkflow, Workflow};
 use crate::zoho::ZohoSetupError;
@@ -41,6 +45,9 @@ pub struct ServeOptions {
     /// Watch a `WebhookAutomation` resource in Kubernetes for the settings instead.
     pub kube: Option<KubeOptions>,
     pub hmac_secrets: WatchedSecrets,
+    /// Standard Webhooks secrets (`whsec_…`, `DESKHOOK_STANDARD_WEBHOOKS_SECRET`); empty turns
+    /// that scheme off.
+    pub standard_webhooks_secrets: WatchedSecrets,
     pub admin_tokens: WatchedSecrets,
     /// Zoho API access; `None` runs the workflow offline.
     pub zoho: Option<ZohoAccess>,
@@ -49,6 +56,19 @@ pub struct ServeOptions {
     pub insecure_no_verification: bool,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Decision reports kept for `/webhook/decisions` and the review console.
+    pub decisions_retained: usize,
+    /// Redis (`DESKHOOK_REDIS_URL`, `POD_NAME`), used when `spec.queue.backend` is `redis`.
+    pub redis: Option<RedisAccess>,
+}
+
+/// Where Redis is and who this pod is among its consumers.
+#[derive(Clone, Debug)]
+pub struct RedisAccess {
+    /// May carry a password: a secret.
+    pub url: Secret,
+    /// This pod's consumer name (the pod name): unique among live pods.
+    pub consumer: String,
 }
 
 /// Why the server could not start.
@@ -81,6 +101,8 @@ pub enum ServeError {
     Zoho(#[from] ZohoSetupError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error("failed to set up the Redis queue: {0}")]
+    Redis(#[from] RedisSetupError),
 }
 
 /// Reads the settings to start with: the file when given, else the environment.
@@ -153,9 +175,7 @@ fn install_crypto_providers() {
 /// Starts listeners, workers and watchers with `settings` in force, running the automation
 /// workflow against Zoho when credentials are given, offline otherwise.
 pub async fn start(options: ServeOptions, settings: Settings) -> Result<RunningServer, ServeError> {
-    let metrics = Arc::new(Metrics::new());
-    let workflow = automation_workflow(&options, &metrics)?;
-    launch(options, settings, workflow, metrics).await
+    launch(options, settings, None, Arc::new(Metrics::new())).await
 }
 
 /// [`start`] with a given workflow.
@@ -164,39 +184,64 @@ pub async fn start_with(
     settings: Settings,
     workflow: Arc<dyn Workflow>,
 ) -> Result<RunningServer, ServeError> {
-    launch(options, settings, workflow, Arc::new(Metrics::new())).await
+    launch(options, settings, Some(workflow), Arc::new(Metrics::new())).await
 }
 
-/// The automation workflow, with Zoho clients when credentials are configured.
+/// The automation workflow, with Zoho clients when credentials are configured; with Redis,
+/// its ledger, Zoho token and concurrency limit are shared by every pod. Also returns a
+/// connector of its own for the reconciler.
 fn automation_workflow(
     options: &ServeOptions,
     metrics: &Metrics,
-) -> Result<Arc<dyn Workflow>, ServeError> {
+    redis: Option<&Redis>,
+) -> Result<(Arc<dyn Workflow>, Option<ZohoConnector>), ServeError> {
     let http = http_client()?;
-    let ledger = Arc::new(MemoryLedger::default());
+    let ledger: Arc<dyn StepLedger> = match redis {
+        Some(redis) => Arc::new(RedisLedger::new(redis.clone())),
+        None => Arc::new(MemoryLedger::default()),
+    };
     let rewriter = Some(ReplyRewriter::new(
         http.clone(),
         options.llm_api_key.clone(),
     ));
-    let workflow = match &options.zoho {
+    let (workflow, spare) = match &options.zoho {
         None => {
             tracing::warn!(
                 "no Zoho credentials: the workflow runs offline and only suggests actions"
             );
-            AutomationWorkflow::new(None, ledger, rewriter)
+            (AutomationWorkflow::new(None, ledger, rewriter), None)
         }
         Some(access) => {
-            let connector = ZohoConnector::new(http, access.clone(), metrics)?;
-            AutomationWorkflow::connected(connector, ledger, rewriter)
+            let mut connector = ZohoConnector::new(http, access.clone(), metrics)?;
+            if let Some(redis) = redis {
+                connector = connector.with_redis(redis.clone());
+            }
+            let spare = connector.sibling();
+            (
+                AutomationWorkflow::connected(connector, ledger, rewriter),
+                Some(spare),
+            )
         }
     };
-    Ok(Arc::new(workflow))
+    Ok((Arc::new(workflow), spare))
+}
+
+/// The Redis connection when `spec.queue.backend` is `redis`.
+fn redis_for(options: &ServeOptions, settings: &Settings) -> Result<Option<Redis>, ServeError> {
+    if settings.queue().backend != QueueBackend::Redis {
+        return Ok(None);
+    }
+    let access = options.redis.as_ref().ok_or(RedisSetupError::MissingUrl)?;
+    Ok(Some(Redis::connect(
+        &access.url,
+        &settings.queue().redis.key_prefix,
+    )?))
 }
 
 async fn launch(
     options: ServeOptions,
     settings: Settings,
-    workflow: Arc<dyn Workflow>,
+    workflow: Option<Arc<dyn Workflow>>,
     metrics: Arc<Metrics>,
 ) -> Result<RunningServer, ServeError> {
     let started = Instant::now();
@@ -209,11 +254,14 @@ async fn launch(
         None => None,
     };
     let settings = settings_handle.current();
-    let verifier = Arc::new(Verifier::new(
-        options.hmac_secrets.clone(),
-        http_client()?,
-        options.insecure_no_verification,
-    ));
+    let verifier = Arc::new(
+        Verifier::new(
+            options.hmac_secrets.clone(),
+            http_client()?,
+            options.insecure_no_verification,
+        )
+        .with_standard_webhooks(options.standard_webhooks_secrets.clone()),
+    );
     let configured = verifier.schemes(&settings);
     if configured.is_empty() {
         // A resource can be edited to add verification later, so a pod watching one stays up
@@ -235,10 +283,49 @@ async fn launch(
         config::watch_spec_file(path.clone(), settings_handle.clone(), metrics.clone());
     }
     options.hmac_secrets.spawn_watch("hmac secrets");
+    options
+        .standard_webhooks_secrets
+        .spawn_watch("standard webhooks secrets");
     options.admin_tokens.spawn_watch("admin tokens");
 
-    let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::new());
-    let decisions = Arc::new(DecisionLog::new(DEFAULT_RETAINED));
+    // The backend is read once, from the settings in force at start (after the resource's
+    // first read in Kubernetes): moving queued work between backends live is not supported.
+    let redis = redis_for(&options, &settings)?;
+    let (workflow, spare_connector) = match workflow {
+        Some(workflow) => (workflow, None),
+        None => automation_workflow(&options, &metrics, redis.as_ref())?,
+    };
+    let queue: Arc<dyn Queue> = match &redis {
+        None => Arc::new(MemoryQueue::new()),
+        Some(redis) => {
+            let access = options.redis.as_ref().ok_or(RedisSetupError::MissingUrl)?;
+            let spec = &settings.queue().redis;
+            let queue = RedisQueue::start(
+                redis,
+                RedisQueueOptions {
+                    consumer: access.consumer.clone(),
+                    claim_idle: Duration::from_secs(spec.claim_idle_seconds.max(1)),
+                    max_attempts: spec.max_attempts.max(1),
+                },
+                &metrics,
+            )?;
+            tracing::info!(consumer = %access.consumer, "queue backend: Redis");
+            queue
+        }
+    };
+    if let (Some(redis), Some(connector), Some(access)) =
+        (&redis, spare_connector, options.redis.as_ref())
+    {
+        Reconciler::new(
+            redis.clone(),
+            queue.clone(),
+            settings_handle.clone(),
+            connector,
+            access.consumer.clone(),
+        )
+        .spawn();
+    }
+    let decisions = Arc::new(DecisionLog::new(options.decisions_retained));
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         settings: settings_handle.clone(),
@@ -250,6 +337,8 @@ async fn launch(
         admin_tokens: options.admin_tokens.clone(),
         draining: draining.clone(),
         started,
+        guard: Arc::default(),
+        rejections: Arc::default(),
     };
 
     let listener = bind(options.listen).await?;
@@ -268,11 +357,12 @@ async fn launch(
     let (stop, stop_signal) = watch::channel(false);
     let (close_webhook, webhook_closed) = watch::channel(false);
     let (close_admin, admin_closed) = watch::channel(false);
-    let webhook_server = tokio::spawn(
-        axum::serve(listener, http::webhook_router(state.clone()))
-            .with_graceful_shutdown(until_true(webhook_closed))
-            .into_future(),
-    );
+    // The public listener has its own accept loop for the slow-client limits (http::listener).
+    let webhook_server = tokio::spawn(http::serve_public(
+        listener,
+        state.clone(),
+        until_true(webhook_closed),
+    ));
     let admin_server = tokio::spawn(
         axum::serve(admin_listener, http::admin_router(state.clone()))
             .with_graceful_shutdown(until_true(admin_closed))

@@ -90,7 +90,7 @@ impl WorkerContext {
                     "Error processing webhook"
                 );
                 self.decisions.push(report);
-                if step.retryable && job.attempt < MAX_ATTEMPTS {
+                if step.retryable && job.attempt < self.queue.max_attempts() {
                     self.metrics
                         .workflow_runs
                         .with_label_values(&["retried"])
@@ -103,7 +103,8 @@ impl WorkerContext {
                         .workflow_runs
                         .with_label_values(&["failed"])
                         .inc();
-                    self.queue.ack(&job).await;
+                    let error = format!("{}: {}", step.step, step.detail);
+                    self.queue.dead_letter(&job, &error).await;
                 }
             }
         }

@@ -165,8 +165,13 @@ async fn rejections(server: &Server, reason: &str) -> f64 {
 async fn a_token_signed_by_a_published_key_is_accepted() {
     let jwks = Jwks::publishing(&[SIGNING_KID]).await;
     let server = jwt_server(&jwks, None).await;
-    let token = token(SIGNING_KEY, SIGNING_KID, &claims());
     for ticket in ["1892000000042001", "1892000000042002"] {
+        // Zoho signs each delivery with a token of its own; a token is accepted once.
+        let token = token(
+            SIGNING_KEY,
+            SIGNING_KID,
+            &with(claims(), json!({"jti": ticket})),
+        );
         let reply = deliver(&server, ticket, &token).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         assert_eq!(reply.json["events"][0]["status"], "queued");
@@ -320,7 +325,21 @@ async fn unknown_key_ids_do_not_flood_the_jwks_endpoint() {
 #[tokio::test]
 async fn a_key_published_after_a_rotation_is_fetched_once_the_refetch_interval_has_passed() {
     let jwks = Jwks::publishing(&[SIGNING_KID]).await;
-    let server = jwt_server(&jwks, None).await;
+    let url = jwks.url.clone();
+    // This test polls with failing deliveries for longer than the default failure budget of
+    // one client lasts; the budget is not what it is about.
+    let server = Intake::new()
+        .hmac_keys(None)
+        .spec(|spec| {
+            spec.limits.failed_verification_limit.enabled = false;
+            spec.verification.zoho_jwt = Some(ZohoJwtSpec {
+                org_id: ORG_ID.into(),
+                webhook_ids: vec![WEBHOOK_ID.into()],
+                jwks_url: Some(url),
+            })
+        })
+        .start()
+        .await;
     let old_token = token(SIGNING_KEY, SIGNING_KID, &claims());
     let first = deliver(&server, "13", &old_token).await;
     assert_eq!(first.status, 200, "{}", first.text);
@@ -398,4 +417,59 @@ async fn either_scheme_passes_a_delivery_when_both_are_configured() {
         stats["configuration"]["verification_schemes"],
         json!(["zoho_jwt", "hmac"])
     );
+}
+
+#[tokio::test]
+async fn a_replayed_token_is_refused_even_with_another_body() {
+    let logs = support::intake::CapturedLogs::default();
+    let _capture = logs.install();
+    let jwks = Jwks::publishing(&[SIGNING_KID]).await;
+    let server = jwt_server(&jwks, None).await;
+    let captured = token(SIGNING_KEY, SIGNING_KID, &claims());
+    let first = deliver(&server, "20", &captured).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    for ticket in ["20", "21"] {
+        let replay = deliver(&server, ticket, &captured).await;
+        assert_eq!(replay.status, 401, "{}", replay.text);
+        assert!(!replay.text.contains(&captured));
+    }
+    assert_eq!(rejections(&server, "replayed").await, 2.0);
+    // Another token with the same claims but its own id is a new delivery.
+    let fresh = token(
+        SIGNING_KEY,
+        SIGNING_KID,
+        &with(claims(), json!({"jti": "another"})),
+    );
+    assert_eq!(deliver(&server, "22", &fresh).await.status, 200);
+    let again = token(
+        SIGNING_KEY,
+        SIGNING_KID,
+        &with(claims(), json!({"jti": "another", "iat": now() - 1})),
+    );
+    let reply = deliver(&server, "23", &again).await;
+    assert_eq!(reply.status, 401, "a token with a jti already seen passed");
+    assert!(!logs.text().contains(&captured), "a token reached the logs");
+}
+
+#[tokio::test]
+async fn replay_protection_can_be_turned_off() {
+    let jwks = Jwks::publishing(&[SIGNING_KID]).await;
+    let url = jwks.url.clone();
+    let server = Intake::new()
+        .hmac_keys(None)
+        .spec(|spec| {
+            spec.limits.reject_replayed_tokens = false;
+            spec.verification.zoho_jwt = Some(ZohoJwtSpec {
+                org_id: ORG_ID.into(),
+                webhook_ids: vec![WEBHOOK_ID.into()],
+                jwks_url: Some(url),
+            })
+        })
+        .start()
+        .await;
+    let reused = token(SIGNING_KEY, SIGNING_KID, &claims());
+    for ticket in ["24", "25"] {
+        let reply = deliver(&server, ticket, &reused).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
 }

@@ -19,10 +19,12 @@ async fn collector() -> (String, Arc<Mutex<Vec<Bytes>>>) {
     let app = Router::new()
         .route(
             "/v1/traces",
-            post(|State(received): State<Arc<Mutex<Vec<Bytes>>>>, body: Bytes| async move {
-                received.lock().unwrap().push(body);
-                ""
-            }),
+            post(
+                |State(received): State<Arc<Mutex<Vec<Bytes>>>>, body: Bytes| async move {
+                    received.lock().unwrap().push(body);
+                    ""
+                },
+            ),
         )
         .with_state(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -39,7 +41,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn workflow_spans_are_exported_and_flushed_at_shutdown() {
     let (endpoint, received) = collector().await;
     let dir = TempDir::new("otlp");
-    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webhookautomation.yaml");
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webhookautomation.yaml");
     let config = dir.write("settings.yaml", &std::fs::read_to_string(config).unwrap());
     let mut command = serve_command(Some(&config));
     command
@@ -58,7 +61,9 @@ async fn workflow_spans_are_exported_and_flushed_at_shutdown() {
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     deskhook.terminate().await;
-    let status = tokio::time::timeout(Duration::from_secs(20), deskhook.wait_exit()).await.expect("exits in time");
+    let status = tokio::time::timeout(Duration::from_secs(20), deskhook.wait_exit())
+        .await
+        .expect("exits in time");
     assert!(status.success(), "{status}");
     let bodies = eventually("exported spans", || {
         let received = received.clone();
@@ -70,6 +75,10 @@ async fn workflow_spans_are_exported_and_flushed_at_shutdown() {
     .await;
     let all: Vec<u8> = bodies.iter().flat_map(|b| b.iter().copied()).collect();
     for span in [b"workflow".as_slice(), b"deskhook"] {
-        assert!(contains(&all, span), "no {:?} in the exported spans", String::from_utf8_lossy(span));
+        assert!(
+            contains(&all, span),
+            "no {:?} in the exported spans",
+            String::from_utf8_lossy(span)
+        );
     }
 }

@@ -51,14 +51,11 @@ pub fn spec_from_env(
                 .collect()
         })
         .unwrap_or_default();
-    // Everything else takes the defaults a settings file with an empty spec gets; the derived
-    // `Default` would leave `events` empty, so every event would be ignored.
-    let base: WebhookAutomationSpec =
-        serde_json::from_value(serde_json::json!({})).expect("an empty spec takes every default");
+    // Everything else takes the defaults a settings file with an empty spec gets.
     Ok(WebhookAutomationSpec {
         automation,
         departments,
-        ..base
+        ..WebhookAutomationSpec::default()
     })
 }
 

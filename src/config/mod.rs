@@ -8,6 +8,7 @@
 
 mod env;
 mod file;
+pub mod limits;
 mod secrets;
 
 use std::sync::Arc;
@@ -79,6 +80,12 @@ pub enum InvalidSettings {
     Template { name: String, message: String },
     #[error("replies.llm: minChars must not exceed maxChars")]
     LlmBounds,
+    #[error("limits.{field}: {value:?} is not a network in CIDR notation")]
+    Network { field: &'static str, value: String },
+    #[error("limits.{0}: requestsPerSecond must be a positive number and burst at least 1")]
+    RateLimit(&'static str),
+    #[error("limits: {0}")]
+    Limit(&'static str),
 }
 
 /// The validated settings every part of deskhook reads.
@@ -93,6 +100,8 @@ pub struct Settings {
     pub source: SettingsSource,
     /// When this value was put in force.
     pub applied_at: SystemTime,
+    /// `spec.limits`' networks, parsed once.
+    pub networks: limits::Networks,
 }
 
 impl Settings {
@@ -103,7 +112,9 @@ impl Settings {
         generation: i64,
     ) -> Result<Self, InvalidSettings> {
         validate(&spec)?;
+        let networks = limits::validate(&spec.limits)?;
         Ok(Self {
+            networks,
             spec,
             generation,
             source,
@@ -114,7 +125,10 @@ impl Settings {
     /// Settings with every writing flag off, used while no valid resource exists.
     pub fn read_only(mut spec: WebhookAutomationSpec, why: &str, generation: i64) -> Self {
         spec.automation = AutomationFlags::READ_ONLY;
+        // Limits stay in force while read-only; networks that do not parse are left out.
+        let networks = limits::validate(&spec.limits).unwrap_or_default();
         Self {
+            networks,
             spec,
             generation,
             source: SettingsSource::ReadOnly(why.to_owned()),
@@ -136,6 +150,10 @@ impl Settings {
 
     pub fn zoho(&self) -> &ZohoSpec {
         &self.spec.zoho
+    }
+
+    pub fn limits(&self) -> &crate::crd::LimitsSpec {
+        &self.spec.limits
     }
 
     /// Whether events for this department are acted on (names compare case-insensitively).

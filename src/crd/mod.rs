@@ -4,6 +4,7 @@
 //! job of `config`; the field doc comments become the schema's descriptions, so they are
 //! written for the people who run `kubectl edit`.
 
+mod limits;
 mod routing;
 mod schema;
 mod status;
@@ -12,6 +13,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use limits::{LimitsSpec, RateLimitSpec};
 pub use routing::{
     DealPreference, FieldCondition, LinkingSpec, LlmSpec, RepliesSpec, RoutingRule, RuleConditions,
     RuleOutcome, TextCondition,
@@ -45,7 +47,7 @@ pub struct WebhookAutomationDocument {
 // schema alone cannot say are CEL rules (`x-kubernetes-validations`) so the API server refuses
 // such an edit before any pod sees it; `config::Settings::from_spec` checks the same things
 // again because a file, or a cluster with an older CRD, may bypass them.
-#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "deskhook.dev",
     version = "v1alpha1",
@@ -138,6 +140,18 @@ pub struct WebhookAutomationSpec {
     /// Reply templates and sender addresses.
     #[serde(default)]
     pub replies: RepliesSpec,
+    /// Rate limits, trusted proxies, source allowlist, slow-client timeouts and replay
+    /// protection of the public webhook listener.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+impl Default for WebhookAutomationSpec {
+    /// What an empty `spec: {}` means: every field's serde default (the seed's Level 1, the
+    /// three ticket events), not the types' zero values.
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("every spec field has a default")
+    }
 }
 
 /// The seed's six automation flags plus `draftReplies`. Defaults are the seed's Level 1:
@@ -289,6 +303,14 @@ pub struct QueueSpec {
     /// duplicate and not run again. 0 turns deduplication off.
     #[serde(default = "default_dedupe_window")]
     pub dedupe_window_seconds: u64,
+    /// Where events wait: `memory` keeps them in each pod (one replica, nothing survives a
+    /// restart); `redis` keeps them in Redis, shared by every pod, so a pod that dies loses
+    /// nothing. The Redis URL comes from `DESKHOOK_REDIS_URL`. Read when a pod starts.
+    #[serde(default)]
+    pub backend: QueueBackend,
+    /// Settings of the Redis backend, used only when `backend` is `redis`.
+    #[serde(default)]
+    pub redis: RedisQueueSpec,
 }
 
 impl Default for QueueSpec {
@@ -297,8 +319,78 @@ impl Default for QueueSpec {
             capacity: default_capacity(),
             workers: default_workers(),
             dedupe_window_seconds: default_dedupe_window(),
+            backend: QueueBackend::default(),
+            redis: RedisQueueSpec::default(),
         }
     }
+}
+
+/// Where queued events are kept.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// In the pod's memory: for a single replica.
+    #[default]
+    Memory,
+    /// In Redis Streams, shared by every pod.
+    Redis,
+}
+
+/// The Redis queue backend.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisQueueSpec {
+    /// A job held this many seconds by a pod that stopped renewing it (the pod died) is taken
+    /// over by another pod, which also frees the job's ticket for other pods.
+    #[serde(default = "default_claim_idle")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub claim_idle_seconds: u64,
+    /// Runs of a job at most, the first included; after the last failed run the job goes to
+    /// the dead-letter stream (`deskhook queue dead-letters`).
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max_attempts: u32,
+    /// Every this many seconds one elected pod lists the tickets modified recently in the
+    /// handled departments and queues any whose latest change was never processed (Zoho does
+    /// not redeliver a failed webhook). 0 turns reconciliation off.
+    #[serde(default)]
+    pub reconcile_interval_seconds: u64,
+    /// How far back reconciliation looks, in seconds.
+    #[serde(default = "default_reconcile_lookback")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub reconcile_lookback_seconds: u64,
+    /// Prefix of every Redis key deskhook uses, so several deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
+    pub key_prefix: String,
+}
+
+impl Default for RedisQueueSpec {
+    fn default() -> Self {
+        Self {
+            claim_idle_seconds: default_claim_idle(),
+            max_attempts: default_max_attempts(),
+            reconcile_interval_seconds: 0,
+            reconcile_lookback_seconds: default_reconcile_lookback(),
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
+fn default_claim_idle() -> u64 {
+    60
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_reconcile_lookback() -> u64 {
+    3600
+}
+
+fn default_key_prefix() -> String {
+    "deskhook".to_owned()
 }
 
 /// The Zoho portal.

@@ -13,10 +13,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::guard::refused;
 use super::reply;
 use crate::config::Settings;
 use crate::event::TicketEvent;
 use crate::queue::Job;
+use crate::rejections::RETAINED as MAX_REJECTIONS;
+use crate::verify::Reason;
 use crate::workflow::report::rfc3339;
 
 /// Largest manual-run body.
@@ -144,7 +147,11 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if matches {
         None
     } else {
-        Some(reply::error(StatusCode::UNAUTHORIZED, "Unauthorized"))
+        Some(refused(
+            reply::error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Reason::AdminUnauthorized,
+            None,
+        ))
     }
 }
 
@@ -264,4 +271,25 @@ pub async fn decisions(
     let reports: Vec<&crate::workflow::DecisionReport> =
         reports.iter().map(AsRef::as_ref).collect();
     Json(json!({"decisions": reports})).into_response()
+}
+
+/// `GET /webhook/rejections?reason=&limit=`: recent refused requests, newest first, redacted
+/// (header names, sizes and reasons; never a body, a signature or a token).
+pub async fn rejections(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .min(MAX_REJECTIONS);
+    let entries = state
+        .rejections
+        .recent(query.get("reason").map(String::as_str), limit);
+    Json(json!({"rejections": entries})).into_response()
 }

@@ -4,6 +4,9 @@
 //! server binds them to two listeners, so `/metrics` is never reachable from the ingress.
 
 mod admin;
+mod console;
+pub mod guard;
+mod listener;
 mod reply;
 mod webhook;
 
@@ -12,16 +15,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
+use axum::middleware;
 use axum::routing::{get, post};
 
 use crate::config::{SettingsHandle, WatchedSecrets};
 use crate::decisions::DecisionLog;
+use crate::limits::Guard;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::rejections::RejectionLog;
 use crate::verify::Verifier;
 use crate::workflow::Workflow;
 
-pub use webhook::MAX_BODY_BYTES;
+pub use guard::MAX_BODY_BYTES;
+pub use listener::serve_public;
 
 /// Everything a handler may read; cloned per request (all fields are shared handles).
 #[derive(Clone)]
@@ -36,6 +43,10 @@ pub struct AppState {
     pub admin_tokens: WatchedSecrets,
     pub draining: Arc<AtomicBool>,
     pub started: Instant,
+    /// Per-client budgets of the public listener.
+    pub guard: Arc<Guard>,
+    /// Recent refused requests, redacted, for `/webhook/rejections`.
+    pub rejections: Arc<RejectionLog>,
 }
 
 impl AppState {
@@ -46,10 +57,11 @@ impl AppState {
 }
 
 /// The public router: what the ingress exposes.
+///
+/// Every route but the probes sits behind [`guard::guard`] (allowlist, per-client budgets,
+/// bounded body read, rejection log); kubelet probes are never limited.
 pub fn webhook_router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(admin::health))
-        .route("/ready", get(admin::ready))
+    let guarded = Router::new()
         .route(
             "/webhook/zoho-desk",
             post(webhook::receive).get(webhook::validation_get),
@@ -57,16 +69,24 @@ pub fn webhook_router(state: AppState) -> Router {
         .route("/webhook/test", post(admin::test_run))
         .route("/webhook/stats", get(admin::stats))
         .route("/webhook/decisions", get(admin::decisions))
+        .route("/webhook/rejections", get(admin::rejections))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::guard));
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/ready", get(admin::ready))
+        .merge(guarded)
         .fallback(reply::not_found)
         .with_state(state)
 }
 
-/// The admin router on the metrics listener: metrics and probes, never the webhook.
+/// The admin router on the metrics listener: metrics, probes and the review console, never
+/// the webhook. The console shows customer data, so it lives here and nowhere else.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(admin::metrics))
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
+        .merge(console::routes())
         .fallback(reply::not_found)
         .with_state(state)
 }

@@ -14,13 +14,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use super::guard::{MAX_BODY_BYTES, refused};
 use super::reply;
 use crate::config::Settings;
 use crate::event::{Delivery, TicketEvent, parse_delivery};
 use crate::queue::{AcceptPolicy, Accepted, QueueError};
+use crate::verify::Reason;
 
-/// Largest body accepted: Zoho's deliveries are a few kilobytes.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What a full queue asks the sender to wait, in seconds.
 const RETRY_AFTER_SECONDS: u32 = 5;
 
@@ -53,8 +53,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
         Ok(body) => body,
         Err(response) => {
             outcome("too_large");
-            metrics.rejections.with_label_values(&["too_large"]).inc();
-            return response;
+            return refused(response, Reason::TooLarge, None);
         }
     };
     tracing::debug!(bytes = body.len(), "Received webhook");
@@ -76,16 +75,16 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
                 .signature_failures
                 .with_label_values(&[scheme])
                 .inc();
-            metrics
-                .rejections
-                .with_label_values(&[rejection.reason.as_str()])
-                .inc();
             tracing::warn!(
                 scheme,
                 reason = rejection.reason.as_str(),
                 "Webhook signature verification failed"
             );
-            return reply::error(StatusCode::UNAUTHORIZED, "Invalid signature");
+            return refused(
+                reply::error(StatusCode::UNAUTHORIZED, "Invalid signature"),
+                rejection.reason,
+                rejection.scheme,
+            );
         }
     };
     metrics
@@ -124,6 +123,8 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
         }
         Err(error) => {
             outcome("unavailable");
+            // The sender may retry a delivery answered 503 with the same token.
+            state.verifier.release(&verified);
             tracing::error!(error = %error, "Error processing webhook: event not stored");
             match error {
                 QueueError::Closed => {
@@ -139,6 +140,8 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
 }
 
 /// Reads the body up to [`MAX_BODY_BYTES`]; a larger one is a 413 before it is read whole.
+/// (The guard middleware has already read it within the limits; this keeps the handler safe
+/// on its own.)
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let too_large = || reply::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
     let declared = headers

@@ -30,7 +30,8 @@ impl KubeMetrics {
         let registry = metrics.registry();
         let counter = |name: &str, help: &str| {
             let metric = IntCounter::new(name, help).expect("valid metric");
-            // A second registration (a second server in one test process) keeps the first.
+            // Registration fails only if this runs twice for one registry; the metric then
+            // still counts, it is just not exported twice.
             let _ = registry.register(Box::new(metric.clone()));
             metric
         };

@@ -31,6 +31,11 @@ struct Inner {
     tickets: HashMap<String, TicketSlot>,
     seen: HashMap<[u8; 32], Instant>,
     seen_order: VecDeque<([u8; 32], Instant)>,
+    /// Workers parked in `claim` (counted from before they sleep until after they wake).
+    /// While it is zero every worker is busy and will look at `ready` before sleeping, so a
+    /// burst is accepted without one wake-up per event. A cancelled `claim` leaves it too
+    /// high, which costs at most a spurious wake-up, never a lost one.
+    idle: usize,
 }
 
 impl Inner {
@@ -154,14 +159,18 @@ impl Queue for MemoryQueue {
                 attempt: 1,
                 enqueued_at: now,
             };
-            if inner.put(job) {
+            let accepted = if inner.put(job) {
                 Accepted::Coalesced
             } else {
                 self.depth.fetch_add(1, Ordering::Relaxed);
                 Accepted::Queued
-            }
+            };
+            (accepted, inner.idle > 0)
         };
-        self.wake.notify_one();
+        let (accepted, someone_idle) = accepted;
+        if someone_idle {
+            self.wake.notify_one();
+        }
         Ok(accepted)
     }
 
@@ -181,8 +190,12 @@ impl Queue for MemoryQueue {
                     self.wake.notify_waiters();
                     return None;
                 }
+                // Counted under the lock, after `enable`: an `accept` that sees this count
+                // notifies, and the notification reaches this (already registered) waiter.
+                inner.idle += 1;
             }
             notified.await;
+            self.lock().idle -= 1;
         }
     }
 

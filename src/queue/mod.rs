@@ -7,6 +7,7 @@
 //! which reads the ticket's latest state anyway.
 
 mod memory;
+pub mod redis;
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use crate::event::TicketEvent;
 
 pub use memory::MemoryQueue;
+pub use redis::{RedisQueue, RedisQueueOptions};
 
 /// One unit of work: an event and how many times it was tried.
 #[derive(Clone, Debug)]
@@ -70,6 +72,16 @@ pub trait Queue: Send + Sync {
     async fn ack(&self, job: &Job);
     /// Releases a failed job's ticket and runs the job again after `delay`.
     async fn retry(&self, job: Job, delay: Duration);
+    /// Ends a job that failed for good, keeping it with `error` where the backend can (the
+    /// Redis dead-letter stream) so it can be replayed; the memory backend only logs it.
+    async fn dead_letter(&self, job: &Job, error: &str) {
+        let _ = error;
+        self.ack(job).await;
+    }
+    /// Runs of one job at most, the first included.
+    fn max_attempts(&self) -> u32 {
+        crate::worker::MAX_ATTEMPTS
+    }
     /// Events waiting (not counting running ones).
     fn depth(&self) -> usize;
     /// Whether new events are accepted.

@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
 
 use super::Reason;
+use super::replay::ReplayKey;
 use crate::crd::ZohoJwtSpec;
 
 /// Longest token read.
@@ -114,6 +115,18 @@ impl JwksCache {
     }
 }
 
+/// A token that verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passed {
+    /// The `kid` of the key that signed it.
+    pub kid: String,
+    /// What identifies it for replay protection: its `jti`, else the token itself.
+    pub replay_key: ReplayKey,
+    /// Unix seconds after which the token is refused anyway (`exp`, or `iat` plus the
+    /// largest age, plus the tolerated skew).
+    pub valid_until: i64,
+}
+
 /// Verifies a token against the JWKS at `jwks_url` and the claims `spec` requires.
 /// Returns the `kid` of the key that signed it.
 pub async fn verify(
@@ -122,6 +135,18 @@ pub async fn verify(
     spec: &ZohoJwtSpec,
     token: &[u8],
 ) -> Result<String, Reason> {
+    verify_token(cache, jwks_url, spec, token)
+        .await
+        .map(|passed| passed.kid)
+}
+
+/// [`verify`], also telling what replay protection needs.
+pub async fn verify_token(
+    cache: &JwksCache,
+    jwks_url: &str,
+    spec: &ZohoJwtSpec,
+    token: &[u8],
+) -> Result<Passed, Reason> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(Reason::Malformed);
     }
@@ -144,10 +169,27 @@ pub async fn verify(
     let data =
         jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|_| Reason::Mismatch)?;
     check_claims(&data.claims, spec, now_seconds())?;
-    Ok(kid)
+    let replay_key = match data.claims.get("jti").and_then(Value::as_str) {
+        Some(jti) if !jti.is_empty() => ReplayKey::of("jti", jti.as_bytes()),
+        _ => ReplayKey::of("jwt", token.as_bytes()),
+    };
+    Ok(Passed {
+        kid,
+        replay_key,
+        valid_until: valid_until(&data.claims),
+    })
 }
 
-fn now_seconds() -> i64 {
+/// When a token that passed [`check_claims`] stops being accepted, in Unix seconds.
+fn valid_until(claims: &Value) -> i64 {
+    let exp = claims.get("exp").and_then(seconds);
+    let iat = claims.get("iat").and_then(seconds);
+    let end = exp.or(iat.map(|iat| iat.saturating_add(MAX_AGE_WITHOUT_EXP)));
+    end.unwrap_or(0).saturating_add(SKEW_SECONDS)
+}
+
+/// Unix seconds now.
+pub fn now_seconds() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -2,14 +2,20 @@
 //!
 //! The raw body is verified before it is parsed. A [`Rejection`] carries a reason from a small
 //! fixed set so it can label a metric; it never carries the signature, the token or the body.
+//!
+//! A Zoho JWT and a Standard Webhooks id are remembered once accepted ([`replay`]), so the same
+//! one is refused while still valid; the plain body HMAC carries nothing to remember it by.
 
 pub mod hmac;
 pub mod jwt;
+pub mod replay;
+pub mod standard;
 
 use axum::http::HeaderMap;
 
 use crate::config::{Settings, WatchedSecrets};
 use crate::region;
+use replay::{ReplayKey, SeenTokens};
 
 /// The header Zoho Desk puts its JWT in.
 pub const ZOHO_JWT_HEADER: &str = "x-zdesk-jwt";
@@ -19,6 +25,8 @@ pub const ZOHO_JWT_HEADER: &str = "x-zdesk-jwt";
 pub enum Scheme {
     ZohoJwt,
     Hmac,
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    StandardWebhooks,
     /// `--insecure-no-verification`.
     Disabled,
 }
@@ -28,12 +36,16 @@ impl Scheme {
         match self {
             Self::ZohoJwt => "zoho_jwt",
             Self::Hmac => "hmac",
+            Self::StandardWebhooks => "standard_webhooks",
             Self::Disabled => "disabled",
         }
     }
 }
 
-/// Why a delivery was refused: a bounded set, safe as a metric label.
+/// Why a request was refused: a bounded set, safe as a metric label.
+///
+/// The first group is about verification; the second about the request itself, refused by the
+/// listener's limits before or instead of verification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     MissingHeader,
@@ -47,6 +59,26 @@ pub enum Reason {
     Malformed,
     KeysUnavailable,
     NotConfigured,
+    /// A token or `webhook-id` already accepted within its validity.
+    Replayed,
+    /// A body over the size limit.
+    TooLarge,
+    /// Request line and headers over `spec.limits.maxHeaderBytes`.
+    HeadersTooLarge,
+    /// Headers not received within `spec.limits.headerReadTimeoutSeconds`.
+    HeaderTimeout,
+    /// Body not received within `spec.limits.bodyReadTimeoutSeconds`.
+    BodyTimeout,
+    /// Over the client's request budget.
+    RateLimited,
+    /// Over the client's failed-verification budget.
+    TooManyFailures,
+    /// Not in `spec.limits.allowedSourceRanges`.
+    SourceNotAllowed,
+    /// Over `spec.limits.maxConnections`.
+    ConnectionLimit,
+    /// A bad admin bearer token.
+    AdminUnauthorized,
 }
 
 impl Reason {
@@ -63,6 +95,16 @@ impl Reason {
             Self::Malformed => "malformed",
             Self::KeysUnavailable => "keys_unavailable",
             Self::NotConfigured => "not_configured",
+            Self::Replayed => "replayed",
+            Self::TooLarge => "too_large",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyFailures => "too_many_failures",
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::ConnectionLimit => "connection_limit",
+            Self::AdminUnauthorized => "admin_unauthorized",
         }
     }
 }
@@ -72,6 +114,9 @@ impl Reason {
 pub struct Verified {
     pub scheme: Scheme,
     pub key: String,
+    /// The token remembered for replay protection, to forget again with
+    /// [`Verifier::release`] if the delivery ends up not accepted (so the sender may retry).
+    pub claim: Option<ReplayKey>,
 }
 
 /// A delivery that did not pass.
@@ -82,10 +127,16 @@ pub struct Rejection {
     pub reason: Reason,
 }
 
+/// What a scheme that passed reports: the key that matched, and the token to remember (with
+/// the Unix second it stops being valid) when the scheme has one.
+type Passed = (String, Option<(ReplayKey, i64)>);
+
 /// Checks deliveries against the schemes the settings in force configure.
 pub struct Verifier {
     hmac_keys: WatchedSecrets,
+    standard_keys: Option<WatchedSecrets>,
     jwks: jwt::JwksCache,
+    seen: SeenTokens,
     insecure: bool,
 }
 
@@ -93,19 +144,37 @@ impl Verifier {
     pub fn new(hmac_keys: WatchedSecrets, http: reqwest::Client, insecure: bool) -> Self {
         Self {
             hmac_keys,
+            standard_keys: None,
             jwks: jwt::JwksCache::new(http),
+            seen: SeenTokens::default(),
             insecure,
+        }
+    }
+
+    /// Also accepts Standard Webhooks deliveries signed with one of `secrets` (`whsec_…`).
+    pub fn with_standard_webhooks(mut self, secrets: WatchedSecrets) -> Self {
+        self.standard_keys = Some(secrets);
+        self
+    }
+
+    /// Forgets the token of a delivery that was verified but not accepted.
+    pub fn release(&self, verified: &Verified) {
+        if let Some(key) = verified.claim {
+            self.seen.release(key);
         }
     }
 
     /// Schemes configured by these settings and the secrets at hand.
     pub fn schemes(&self, settings: &Settings) -> Vec<Scheme> {
-        let mut schemes = Vec::with_capacity(2);
+        let mut schemes = Vec::with_capacity(3);
         if settings.verification().zoho_jwt.is_some() {
             schemes.push(Scheme::ZohoJwt);
         }
         if !self.hmac_keys.is_empty() {
             schemes.push(Scheme::Hmac);
+        }
+        if self.standard_keys.as_ref().is_some_and(|k| !k.is_empty()) {
+            schemes.push(Scheme::StandardWebhooks);
         }
         if schemes.is_empty() && self.insecure {
             schemes.push(Scheme::Disabled);
@@ -121,6 +190,7 @@ impl Verifier {
     /// Whether the request carries a header any scheme would read.
     pub fn has_signature_header(&self, settings: &Settings, headers: &HeaderMap) -> bool {
         headers.contains_key(ZOHO_JWT_HEADER)
+            || headers.contains_key(standard::SIGNATURE_HEADER)
             || headers.contains_key(settings.verification().hmac.header.as_str())
     }
 
@@ -141,12 +211,25 @@ impl Verifier {
         let mut failure = None;
         for scheme in schemes {
             let outcome = match scheme {
-                Scheme::Disabled => Ok("none".to_owned()),
+                Scheme::Disabled => Ok(("none".to_owned(), None)),
                 Scheme::ZohoJwt => self.verify_jwt(settings, headers).await,
-                Scheme::Hmac => self.verify_hmac(settings, headers, body),
+                Scheme::Hmac => self.verify_hmac(settings, headers, body).map(|k| (k, None)),
+                Scheme::StandardWebhooks => self.verify_standard(headers, body),
             };
+            let outcome = outcome.and_then(|(key, claim)| {
+                let claim = match claim {
+                    Some((replay_key, valid_until)) if settings.limits().reject_replayed_tokens => {
+                        if !self.seen.claim(replay_key, valid_until, jwt::now_seconds()) {
+                            return Err(Reason::Replayed);
+                        }
+                        Some(replay_key)
+                    }
+                    _ => None,
+                };
+                Ok((key, claim))
+            });
             match outcome {
-                Ok(key) => return Ok(Verified { scheme, key }),
+                Ok((key, claim)) => return Ok(Verified { scheme, key, claim }),
                 Err(Reason::MissingHeader) => {}
                 Err(reason) => {
                     failure.get_or_insert(Rejection {
@@ -162,7 +245,7 @@ impl Verifier {
         }))
     }
 
-    async fn verify_jwt(&self, settings: &Settings, headers: &HeaderMap) -> Result<String, Reason> {
+    async fn verify_jwt(&self, settings: &Settings, headers: &HeaderMap) -> Result<Passed, Reason> {
         let spec = settings
             .verification()
             .zoho_jwt
@@ -174,7 +257,31 @@ impl Verifier {
             .clone()
             .or_else(|| region::default_jwks_url(&settings.zoho().region))
             .ok_or(Reason::NotConfigured)?;
-        jwt::verify(&self.jwks, &url, spec, token.as_bytes()).await
+        let passed = jwt::verify_token(&self.jwks, &url, spec, token.as_bytes()).await?;
+        Ok((passed.kid, Some((passed.replay_key, passed.valid_until))))
+    }
+
+    fn verify_standard(&self, headers: &HeaderMap, body: &[u8]) -> Result<Passed, Reason> {
+        let keys = self.standard_keys.as_ref().ok_or(Reason::NotConfigured)?;
+        let header = |name| headers.get(name).ok_or(Reason::MissingHeader);
+        let signature = header(standard::SIGNATURE_HEADER)?;
+        let id = header(standard::ID_HEADER)?;
+        let timestamp = header(standard::TIMESTAMP_HEADER)?;
+        let passed = standard::verify(
+            &keys.current(),
+            id.as_bytes(),
+            timestamp.as_bytes(),
+            signature.as_bytes(),
+            body,
+            jwt::now_seconds(),
+        )?;
+        // A replay must carry the original timestamp, refused anyway once out of tolerance.
+        let valid_until = passed.timestamp + standard::TOLERANCE_SECONDS;
+        let claim = (
+            ReplayKey::of("webhook-id", passed.id.as_bytes()),
+            valid_until,
+        );
+        Ok((passed.key.to_string(), Some(claim)))
     }
 
     fn verify_hmac(

@@ -180,7 +180,13 @@ impl AutomationWorkflow {
         let job_key = format!("{}-{}", hex_key(&event.dedupe_key), job.id);
         // A retried job whose earlier attempt moved the ticket finds it in the target
         // department; that move was ours, so the job carries on.
-        let moved_by_this_job = self.ledger.completed(&job_key, "dispatch").await.is_some();
+        let moved_by_this_job = match self.ledger.completed(&job_key, "dispatch").await {
+            Ok(done) => done.is_some(),
+            Err(error) => {
+                report.record(ledger_failed("dispatch", &error));
+                return;
+            }
+        };
         if let Some(department) = &facts.department
             && !settings.handles_department(department)
             && !moved_by_this_job
@@ -638,13 +644,20 @@ impl AutomationWorkflow {
             ));
             return Flow::Continue;
         }
-        if let Some(detail) = self.ledger.completed(job_key, step).await {
-            report.record(StepReport::new(
-                step,
-                StepStatus::Done,
-                format!("{detail} (in an earlier attempt)"),
-            ));
-            return Flow::Continue;
+        match self.ledger.completed(job_key, step).await {
+            Ok(Some(detail)) => {
+                report.record(StepReport::new(
+                    step,
+                    StepStatus::Done,
+                    format!("{detail} (in an earlier attempt)"),
+                ));
+                return Flow::Continue;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                report.record(ledger_failed(step, &error));
+                return Flow::Stop;
+            }
         }
         let started = Instant::now();
         let outcome = action().instrument(tracing::info_span!("step", step)).await;
@@ -1007,6 +1020,13 @@ fn hex_key(key: &[u8; 32]) -> String {
 fn timed(mut step: StepReport, started: Instant) -> StepReport {
     step.duration_ms = started.elapsed().as_millis() as u64;
     step
+}
+
+/// A step not attempted because the ledger could not say whether it was already done.
+fn ledger_failed(step: &str, error: &super::ledger::LedgerError) -> StepReport {
+    let mut report = StepReport::new(step, StepStatus::Failed, error.to_string());
+    report.retryable = true;
+    report
 }
 
 fn failed(step: &str, error: &ZohoError, started: Instant, never_retry: bool) -> StepReport {

@@ -7,14 +7,17 @@
 //! does not change.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::shared::Redis;
+use crate::shared::slots::RedisSlots;
+use crate::shared::tokens::RedisTokenStore;
 use crate::zoho::endpoints::{ACCOUNTS_URL_VAR, CRM_URL_VAR, DESK_URL_VAR};
 use crate::zoho::{
-    ClientOptions, OAuthCredentials, TokenSource, ZohoClients, ZohoEndpoints, ZohoMetrics,
-    ZohoSetupError,
+    ClientOptions, OAuthCredentials, SharedSlots, TokenSource, ZohoClients, ZohoEndpoints,
+    ZohoMetrics, ZohoSetupError,
 };
 
 /// Credentials and base-URL overrides, read once from the environment.
@@ -58,6 +61,8 @@ pub struct ZohoConnector {
     http: reqwest::Client,
     access: ZohoAccess,
     metrics: ZohoMetrics,
+    /// With the Redis backend: the token and the concurrency limit are shared by every pod.
+    shared: Option<Redis>,
     current: Mutex<Option<(Portal, ZohoClients)>>,
 }
 
@@ -72,8 +77,27 @@ impl ZohoConnector {
             http,
             access,
             metrics: ZohoMetrics::register(metrics).map_err(ZohoSetupError::Metrics)?,
+            shared: None,
             current: Mutex::new(None),
         })
+    }
+
+    /// Shares the Zoho token and concurrency limit through `redis` with the other pods.
+    pub fn with_redis(mut self, redis: Redis) -> Self {
+        self.shared = Some(redis);
+        self
+    }
+
+    /// A connector for another user in this process (the reconciler), with the same
+    /// credentials and metrics; with Redis, its token is the deployment's shared token.
+    pub fn sibling(&self) -> Self {
+        Self {
+            http: self.http.clone(),
+            access: self.access.clone(),
+            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
+            current: Mutex::new(None),
+        }
     }
 
     /// Clients for the portal `settings` describe.
@@ -107,21 +131,38 @@ impl ZohoConnector {
         // The token cache survives a settings change that keeps the accounts server.
         let tokens = match current.as_ref() {
             Some((known, clients)) if known.region == portal.region => clients.tokens.clone(),
-            _ => TokenSource::new(
-                self.http.clone(),
-                &endpoints.accounts,
-                self.access.credentials.clone(),
-                options.timeout,
-                self.metrics.clone(),
-            ),
+            _ => match &self.shared {
+                None => TokenSource::new(
+                    self.http.clone(),
+                    &endpoints.accounts,
+                    self.access.credentials.clone(),
+                    options.timeout,
+                    self.metrics.clone(),
+                ),
+                Some(redis) => TokenSource::shared(
+                    self.http.clone(),
+                    &endpoints.accounts,
+                    self.access.credentials.clone(),
+                    options.timeout,
+                    self.metrics.clone(),
+                    Arc::new(RedisTokenStore::new(
+                        redis.clone(),
+                        &self.access.credentials,
+                    )),
+                ),
+            },
         };
-        let clients = ZohoClients::with_tokens(
+        let slots = self.shared.as_ref().map(|redis| {
+            Arc::new(RedisSlots::new(redis.clone(), &portal.org_id)) as Arc<dyn SharedSlots>
+        });
+        let clients = ZohoClients::with_shared_slots(
             self.http.clone(),
             endpoints,
             tokens,
             portal.org_id.clone(),
             options,
             self.metrics.clone(),
+            slots,
         );
         tracing::info!(region = %portal.region, "Zoho clients ready for the settings in force");
         *current = Some((portal, clients.clone()));

@@ -11,11 +11,17 @@ const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Entries kept at most; the oldest are dropped first.
 const MAX_ENTRIES: usize = 100_000;
 
+/// The ledger could not be read. A run must then stop (and be retried): going on without
+/// knowing whether a write was done could repeat it.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the step ledger: {0}")]
+pub struct LedgerError(pub String);
+
 /// Step completion per job.
 #[async_trait]
 pub trait StepLedger: Send + Sync {
     /// The detail recorded when `step` of `job` succeeded, if it did.
-    async fn completed(&self, job: &str, step: &str) -> Option<String>;
+    async fn completed(&self, job: &str, step: &str) -> Result<Option<String>, LedgerError>;
     /// Records that `step` of `job` succeeded.
     async fn record(&self, job: &str, step: &str, detail: &str);
 }
@@ -28,12 +34,12 @@ pub struct MemoryLedger {
 
 #[async_trait]
 impl StepLedger for MemoryLedger {
-    async fn completed(&self, job: &str, step: &str) -> Option<String> {
+    async fn completed(&self, job: &str, step: &str) -> Result<Option<String>, LedgerError> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
+        Ok(entries
             .get(&(job.to_owned(), step.to_owned()))
             .filter(|(_, at)| at.elapsed() < RETENTION)
-            .map(|(detail, _)| detail.clone())
+            .map(|(detail, _)| detail.clone()))
     }
 
     async fn record(&self, job: &str, step: &str, detail: &str) {

@@ -146,6 +146,9 @@ pub(crate) struct Core {
     /// answers 429 beyond; staying below keeps the other integrations of the portal working.
     pub desk_slots: Semaphore,
     pub crm_slots: Semaphore,
+    /// The same limit counted across every process, when one is shared.
+    pub shared_slots: Option<std::sync::Arc<dyn super::slots::SharedSlots>>,
+    pub max_concurrency: usize,
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub metrics: ZohoMetrics,
@@ -254,6 +257,15 @@ impl Core {
         };
         // The semaphore is never closed, so acquiring cannot fail.
         let _slot = slots.acquire().await.ok();
+        // A slot left behind by a process that died frees itself once no answer can come.
+        let hold = self.timeout + Duration::from_secs(5);
+        let lease = match &self.shared_slots {
+            Some(shared) => shared
+                .acquire(call.api, self.max_concurrency, hold)
+                .await
+                .map(|lease| (shared, lease)),
+            None => None,
+        };
         let url = format!("{}{}", self.base_url(call.api, token), request.path);
         let mut builder = self
             .http
@@ -295,6 +307,9 @@ impl Core {
             })
         }
         .await;
+        if let Some((shared, lease)) = lease {
+            shared.release(call.api, &lease).await;
+        }
         let status = result.as_ref().ok().map(|raw| raw.status.as_u16());
         self.metrics
             .observe(call, status, started.elapsed().as_secs_f64());

@@ -23,6 +23,7 @@ pub mod endpoints;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod slots;
 pub mod token;
 
 use std::sync::Arc;
@@ -36,7 +37,8 @@ pub use endpoints::{OAuthCredentials, ZohoEndpoints};
 pub use error::{Api, Call, ZohoError, ZohoSetupError};
 pub use http::RetryPolicy;
 pub use metrics::ZohoMetrics;
-pub use token::{AccessToken, Clock, TokenSource};
+pub use slots::SharedSlots;
+pub use token::{AccessToken, Clock, SharedStoreError, SharedToken, SharedTokenStore, TokenSource};
 
 use crate::metrics::Metrics;
 
@@ -112,6 +114,20 @@ impl ZohoClients {
         options: ClientOptions,
         metrics: ZohoMetrics,
     ) -> Self {
+        Self::with_shared_slots(http, endpoints, tokens, org_id, options, metrics, None)
+    }
+
+    /// [`ZohoClients::with_tokens`] whose concurrency limit also counts the calls of the
+    /// deployment's other processes through `shared`.
+    pub fn with_shared_slots(
+        http: reqwest::Client,
+        endpoints: ZohoEndpoints,
+        tokens: TokenSource,
+        org_id: impl Into<String>,
+        options: ClientOptions,
+        metrics: ZohoMetrics,
+        shared: Option<Arc<dyn SharedSlots>>,
+    ) -> Self {
         let slots = options.max_concurrency.max(1);
         let core = Arc::new(http::Core {
             http,
@@ -121,6 +137,8 @@ impl ZohoClients {
             source_id: options.source_id.filter(|s| !s.trim().is_empty()),
             desk_slots: Semaphore::new(slots),
             crm_slots: Semaphore::new(slots),
+            shared_slots: shared,
+            max_concurrency: slots,
             timeout: options.timeout,
             retry: options.retry,
             metrics,

@@ -13,9 +13,12 @@
 //! pauses further attempts for 30 seconds; while a refresh is not allowed, a token that has
 //! not yet expired is still handed out.
 //!
-//! Sharing tokens between replicas (a later Redis store) belongs in [`TokenSource::access_token`]:
-//! read the shared token before refreshing, and publish a fresh one after, all under the
-//! same lock, so the single-flight and budget logic stay as they are.
+//! Sharing tokens between replicas: with a [`SharedTokenStore`] (Redis), a process first
+//! adopts a token another pod published; only when there is none does it take the
+//! deployment-wide refresh lock, look once more, refresh, and publish the fresh token, all
+//! while holding its own lock, so the single-flight and budget logic stay as they are. The
+//! store also keeps a deployment-wide refresh budget, since Zoho's limit is per refresh
+//! token, not per pod. When the store cannot be reached, the process refreshes on its own.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -49,6 +52,60 @@ const CALL: Call = Call::read(Api::Accounts, "refresh_token");
 
 /// Where "now" comes from; tests move it forward.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// Longest wait for another process's refresh before giving up for this call.
+const SHARED_WAIT: Duration = Duration::from_secs(10);
+/// How long the deployment-wide refresh lock is held at most (a refresh times out sooner).
+const SHARED_LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// A token published for every process of a deployment.
+#[derive(Clone)]
+pub struct SharedToken {
+    pub secret: Secret,
+    pub api_domain: Option<String>,
+    /// Time left until it should be replaced, and until it expires.
+    pub refresh_in: Duration,
+    pub expires_in: Duration,
+}
+
+/// The shared store could not be used; the caller falls back to refreshing on its own.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to use the shared token store: {0}")]
+pub struct SharedStoreError(pub String);
+
+/// Access tokens shared between the processes using one refresh token.
+#[async_trait::async_trait]
+pub trait SharedTokenStore: Send + Sync {
+    /// The published token, while it does not need replacing yet.
+    async fn load(&self) -> Result<Option<SharedToken>, SharedStoreError>;
+    /// Takes the refresh lock for at most `ttl`; `None` while another process holds it.
+    async fn lock(&self, ttl: Duration) -> Result<Option<String>, SharedStoreError>;
+    /// Releases the lock taken as `owner`.
+    async fn unlock(&self, owner: &str);
+    /// Publishes a fresh token.
+    async fn publish(&self, token: &SharedToken);
+    /// Forgets the published token if it is still `secret` (Zoho refused it).
+    async fn discard(&self, secret: &Secret);
+    /// Takes a place in the deployment-wide budget of `limit` refreshes per `period`, or
+    /// says how long until one frees up.
+    async fn try_acquire_refresh(
+        &self,
+        limit: usize,
+        period: Duration,
+    ) -> Result<Result<(), Duration>, SharedStoreError>;
+}
+
+/// What looking at the shared store before a refresh gave.
+enum SharedLock {
+    /// Another process's token, adopted.
+    Adopted(AccessToken),
+    /// The lock, taken as this owner: refresh and publish.
+    Held(String),
+    /// Another process is refreshing and did not publish in time.
+    Busy,
+    /// The store is unreachable: refresh alone.
+    Unavailable,
+}
 
 /// An access token as handed to one call.
 #[derive(Clone)]
@@ -93,6 +150,8 @@ struct Inner {
     timeout: Duration,
     metrics: ZohoMetrics,
     clock: Clock,
+    /// Tokens shared with the deployment's other processes, if configured.
+    shared: Option<Arc<dyn SharedTokenStore>>,
     /// Held across a refresh: that is what makes the refresh single-flight.
     state: Mutex<State>,
 }
@@ -163,8 +222,82 @@ impl TokenSource {
                 timeout,
                 metrics,
                 clock,
+                shared: None,
                 state: Mutex::new(State::default()),
             }),
+        }
+    }
+
+    /// [`TokenSource::new`] sharing its tokens through `store` with the deployment's other
+    /// processes.
+    pub fn shared(
+        http: reqwest::Client,
+        accounts_url: &str,
+        credentials: OAuthCredentials,
+        timeout: Duration,
+        metrics: ZohoMetrics,
+        store: Arc<dyn SharedTokenStore>,
+    ) -> Self {
+        let mut source = Self::new(http, accounts_url, credentials, timeout, metrics);
+        if let Some(inner) = Arc::get_mut(&mut source.inner) {
+            inner.shared = Some(store);
+        }
+        source
+    }
+
+    /// Makes `shared` the token this process uses.
+    fn adopt(state: &mut State, shared: SharedToken, now: Instant) -> AccessToken {
+        state.generation += 1;
+        let token = AccessToken {
+            secret: shared.secret,
+            api_domain: shared.api_domain,
+            generation: state.generation,
+        };
+        state.cached = Some(Cached {
+            token: token.clone(),
+            refresh_at: now + shared.refresh_in,
+            expires_at: now + shared.expires_in,
+        });
+        token
+    }
+
+    /// Adopts a published token, or takes the refresh lock, waiting a bounded time for a
+    /// process that is refreshing right now.
+    async fn shared_lock(
+        &self,
+        store: &dyn SharedTokenStore,
+        state: &mut State,
+        now: Instant,
+    ) -> SharedLock {
+        let started = Instant::now();
+        loop {
+            match store.load().await {
+                Ok(Some(token)) => return SharedLock::Adopted(Self::adopt(state, token, now)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "refreshing the Zoho token without the shared store");
+                    return SharedLock::Unavailable;
+                }
+            }
+            match store.lock(SHARED_LOCK_TTL).await {
+                // Looked at once more under the lock: a process may have published between
+                // the load and the lock.
+                Ok(Some(owner)) => match store.load().await {
+                    Ok(Some(token)) => {
+                        store.unlock(&owner).await;
+                        return SharedLock::Adopted(Self::adopt(state, token, now));
+                    }
+                    _ => return SharedLock::Held(owner),
+                },
+                Ok(None) if started.elapsed() < SHARED_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(None) => return SharedLock::Busy,
+                Err(error) => {
+                    tracing::warn!(error = %error, "refreshing the Zoho token without the shared store");
+                    return SharedLock::Unavailable;
+                }
+            }
         }
     }
 
@@ -178,13 +311,58 @@ impl TokenSource {
             return Ok(cached.token.clone());
         }
         let usable = state.cached.as_ref().and_then(|c| c.usable(now));
+        let store = self.inner.shared.clone();
         if let Some(until) = state.paused_until
             && now < until
         {
+            // Paused after a failure here; another process may have succeeded since.
+            if let Some(store) = &store
+                && let Ok(Some(token)) = store.load().await
+            {
+                return Ok(Self::adopt(&mut state, token, now));
+            }
             return self.refused(usable, until - now);
         }
+        let owner = match &store {
+            None => None,
+            Some(store) => match self.shared_lock(store.as_ref(), &mut state, now).await {
+                SharedLock::Adopted(token) => return Ok(token),
+                SharedLock::Held(owner) => Some(owner),
+                SharedLock::Busy => return self.refused(usable, Duration::from_secs(1)),
+                SharedLock::Unavailable => None,
+            },
+        };
+        let outcome = self
+            .refresh_locked(&mut state, now, usable, store.as_deref(), owner.is_some())
+            .await;
+        if let (Some(store), Some(owner)) = (&store, &owner) {
+            store.unlock(owner).await;
+        }
+        outcome
+    }
+
+    /// Refreshes within the budgets (this process's, and the deployment's when `shared` is
+    /// set), publishing the fresh token to `store` when `publish`.
+    async fn refresh_locked(
+        &self,
+        state: &mut State,
+        now: Instant,
+        usable: Option<AccessToken>,
+        store: Option<&dyn SharedTokenStore>,
+        publish: bool,
+    ) -> Result<AccessToken, ZohoError> {
         if let Err(wait) = state.window.try_acquire(now) {
             tracing::warn!("Zoho token refresh budget used up; not asking Zoho Accounts");
+            return self.refused(usable, wait);
+        }
+        if let Some(store) = store.filter(|_| publish)
+            && let Ok(Err(wait)) = store
+                .try_acquire_refresh(REFRESH_LIMIT, REFRESH_PERIOD)
+                .await
+        {
+            tracing::warn!(
+                "the deployment's Zoho token refresh budget is used up; not asking Zoho Accounts"
+            );
             return self.refused(usable, wait);
         }
         match self.refresh().await {
@@ -202,6 +380,16 @@ impl TokenSource {
                     refresh_at: now + fresh.lifetime - early,
                     expires_at: now + fresh.lifetime,
                 });
+                if let Some(store) = store.filter(|_| publish) {
+                    store
+                        .publish(&SharedToken {
+                            secret: token.secret.clone(),
+                            api_domain: token.api_domain.clone(),
+                            refresh_in: fresh.lifetime - early,
+                            expires_in: fresh.lifetime,
+                        })
+                        .await;
+                }
                 tracing::info!(
                     expires_in = fresh.lifetime.as_secs(),
                     "refreshed the Zoho access token"
@@ -229,6 +417,9 @@ impl TokenSource {
             .is_some_and(|c| c.token.generation == token.generation)
         {
             state.cached = None;
+            if let Some(store) = &self.inner.shared {
+                store.discard(&token.secret).await;
+            }
         }
     }
 

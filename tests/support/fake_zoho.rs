@@ -421,6 +421,7 @@ fn id_of(record: &Value) -> Option<String> {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
+        .route("/api/v1/tickets", get(list_tickets))
         .route("/api/v1/tickets/{id}", get(get_ticket).patch(update_ticket))
         .route("/api/v1/tickets/{id}/threads", get(list_threads))
         .route("/api/v1/tickets/{id}/move", post(move_ticket))
@@ -468,6 +469,7 @@ fn operation(method: &Method, path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["oauth", "v2", "token"]) => "refresh_token",
+        ("GET", ["api", "v1", "tickets"]) => "list_tickets",
         ("GET", ["api", "v1", "tickets", _]) => "get_ticket",
         ("PATCH", ["api", "v1", "tickets", _]) => "update_ticket",
         ("GET", ["api", "v1", "tickets", _, "threads"]) => "list_threads",
@@ -835,6 +837,36 @@ async fn list_departments(
     };
     let departments = shared.lock().departments.clone();
     desk_page(departments, from, limit)
+}
+
+/// `GET /api/v1/tickets?departmentId=…&sortBy=-modifiedTime`: a department's tickets, most
+/// recently modified first (`modifiedTime` compared as text: ISO-8601 in one format sorts).
+async fn list_tickets(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let (from, limit) = match desk_window(&query) {
+        Ok(window) => window,
+        Err(field) => return desk_invalid(field),
+    };
+    let department = pairs_value(&query, "departmentId").map(str::to_owned);
+    let mut tickets: Vec<Value> = shared
+        .lock()
+        .tickets
+        .values()
+        .filter(|t| {
+            let of = match t.get("departmentId") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            department.is_none() || of == department
+        })
+        .cloned()
+        .collect();
+    let modified = |t: &Value| t["modifiedTime"].as_str().unwrap_or_default().to_owned();
+    tickets.sort_by_key(|t| std::cmp::Reverse(modified(t)));
+    desk_page(tickets, from, limit)
 }
 
 async fn move_ticket(

@@ -13,7 +13,7 @@ use deskhook::config::{Settings, SettingsSource, WatchedSecrets};
 use deskhook::crd::WebhookAutomationSpec;
 use deskhook::queue::Job;
 use deskhook::server::{self, RunningServer, ServeOptions};
-use deskhook::workflow::{DecisionReport, RecordingWorkflow, Workflow};
+use deskhook::workflow::{DecisionReport, StepReport, StepStatus, Workflow};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -160,7 +160,9 @@ where
 pub struct Intake {
     spec: WebhookAutomationSpec,
     hmac_keys: Option<String>,
+    standard_webhooks_keys: Option<String>,
     admin_token: Option<String>,
+    decisions_retained: usize,
     insecure: bool,
     workflow: Arc<dyn Workflow>,
     shutdown_delay: Duration,
@@ -174,7 +176,9 @@ impl Default for Intake {
             spec: serde_json::from_value(serde_json::json!({}))
                 .expect("an empty spec takes every default"),
             hmac_keys: Some(SECRET.to_owned()),
+            standard_webhooks_keys: None,
             admin_token: None,
+            decisions_retained: deskhook::decisions::DEFAULT_RETAINED,
             insecure: false,
             workflow: Arc::new(RecordingWorkflow),
             shutdown_delay: Duration::ZERO,
@@ -197,6 +201,18 @@ impl Intake {
     /// HMAC keys as `ZOHO_WEBHOOK_SECRET` holds them (comma-separated); `None` for no HMAC.
     pub fn hmac_keys(mut self, keys: Option<&str>) -> Self {
         self.hmac_keys = keys.map(str::to_owned);
+        self
+    }
+
+    /// Standard Webhooks secrets as `DESKHOOK_STANDARD_WEBHOOKS_SECRET` holds them.
+    pub fn standard_webhooks_keys(mut self, keys: &str) -> Self {
+        self.standard_webhooks_keys = Some(keys.to_owned());
+        self
+    }
+
+    /// How many decision reports the server keeps.
+    pub fn decisions_retained(mut self, count: usize) -> Self {
+        self.decisions_retained = count;
         self
     }
 
@@ -234,6 +250,11 @@ impl Intake {
             kube: None,
             hmac_secrets: WatchedSecrets::load(self.hmac_keys.as_deref(), None)
                 .expect("no file to read"),
+            standard_webhooks_secrets: WatchedSecrets::load(
+                self.standard_webhooks_keys.as_deref(),
+                None,
+            )
+            .expect("no file to read"),
             admin_tokens: WatchedSecrets::load(self.admin_token.as_deref(), None)
                 .expect("no file to read"),
             zoho: None,
@@ -241,6 +262,8 @@ impl Intake {
             insecure_no_verification: self.insecure,
             shutdown_delay: self.shutdown_delay,
             shutdown_grace: self.shutdown_grace,
+            decisions_retained: self.decisions_retained,
+            redis: None,
         };
         let running = server::start_with(options, settings, self.workflow).await?;
         Ok(Server {
@@ -499,5 +522,30 @@ impl CapturedLogs {
         self.lines()
             .into_iter()
             .find(|line| line["message"] == message)
+    }
+}
+
+/// A workflow that writes nothing and records, per writing step, whether its flag was on: the
+/// intake tests watch events reach a worker without any Zoho API.
+#[derive(Debug, Default)]
+pub struct RecordingWorkflow;
+
+#[async_trait]
+impl Workflow for RecordingWorkflow {
+    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+        let mut report = DecisionReport::start(job, settings);
+        for (name, on) in settings.flags().named() {
+            let status = if on {
+                StepStatus::NotNeeded
+            } else {
+                StepStatus::SkippedFlagOff
+            };
+            report.record(StepReport::new(
+                name,
+                status,
+                format!("{name} is {}", if on { "on" } else { "off" }),
+            ));
+        }
+        report.finish()
     }
 }

@@ -3,3 +3,5 @@
 pub mod fake_zoho;
 pub mod intake;
 pub mod process;
+pub mod redis;
+pub mod review;

@@ -244,6 +244,12 @@ impl Deskhook {
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
+    /// Kills the process with SIGKILL (no shutdown sequence, as when a node dies) and waits
+    /// for it.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("the child can be killed");
+    }
+
     /// Waits, at most [`WAIT`], for the process to exit.
     pub async fn wait_exit(&mut self) -> ExitStatus {
         let status = tokio::time::timeout(WAIT, self.child.wait())

@@ -32,6 +32,9 @@ const GET_TICKET: Call = Call::read(Api::Desk, "get_ticket");
 const LIST_THREADS: Call = Call::read(Api::Desk, "list_threads");
 const LATEST_THREAD: Call = Call::read(Api::Desk, "latest_thread");
 const LIST_DEPARTMENTS: Call = Call::read(Api::Desk, "list_departments");
+const LIST_TICKETS: Call = Call::read(Api::Desk, "list_tickets");
+/// Zoho's largest page of tickets.
+const TICKET_PAGE: usize = 100;
 const MOVE_TICKET: Call = Call::write(Api::Desk, "move_ticket");
 const UPDATE_TICKET: Call = Call::write(Api::Desk, "update_ticket");
 const SEND_REPLY: Call = Call::write(Api::Desk, "send_reply");
@@ -106,6 +109,32 @@ impl DeskClient {
             "ticket has more threads than deskhook reads; using the newest"
         );
         Ok(threads)
+    }
+
+    /// The tickets of a department, most recently modified first, at most `limit` (one page
+    /// per 100): what reconciliation compares with the events it has seen.
+    pub async fn list_recent_tickets(
+        &self,
+        department_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Ticket>, ZohoError> {
+        let department_id = http::id(LIST_TICKETS, department_id)?;
+        let mut tickets: Vec<Ticket> = Vec::new();
+        for page in 0..limit.div_ceil(TICKET_PAGE).clamp(1, MAX_PAGES) {
+            let request = Request::new(LIST_TICKETS, Method::GET, "/tickets".to_owned())
+                .query("departmentId", department_id)
+                .query("sortBy", "-modifiedTime")
+                .query("from", (page * TICKET_PAGE).to_string())
+                .query("limit", TICKET_PAGE.to_string());
+            let batch: Vec<Ticket> = self.page(LIST_TICKETS, request).await?;
+            let full = batch.len() == TICKET_PAGE;
+            tickets.extend(batch);
+            if !full || tickets.len() >= limit {
+                break;
+            }
+        }
+        tickets.truncate(limit);
+        Ok(tickets)
     }
 
     /// The newest thread of a ticket, in one call.

@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""deskhook's benchmark: intake against the reference peers, start-up, memory, binary size and
+the workflow against the fake Zoho, in one run. `make bench` calls it.
+
+Absolute numbers move with whatever else the machine is doing; the ratios printed (deskhook
+over the constant-200 ceiling and over the original Flask/gunicorn stack) are measured in the
+same run, under the same conditions, and are the figures to compare.
+
+The peers (../shared/peers relative to the repository, or PEERS_DIR) are built and installed
+under PEERS_RUN (default: deskhook-peers in the temp dir, as their peers.sh does).
+
+Usage: bench/run.py [--duration 5] [--warmup 1] [--reps 1] [--sizes 1k,4k,16k]
+                    [--conns 8,64,256] [--servers deskhook,rust-const,rust-hot,flask-sync]
+                    [--skip-workflow]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.environ.get("PEERS_DIR") or os.path.join(REPO, "..", "shared", "peers")
+RUN = os.environ.get("PEERS_RUN") or os.path.join(tempfile.gettempdir(), "deskhook-peers")
+OUT = os.path.join(REPO, "target", "bench")
+TOOLS_TARGET = os.path.join(REPO, "target", "bench-tools")
+DESKHOOK = os.path.join(REPO, "target", "release", "deskhook")
+LOADGEN = os.path.join(TOOLS_TARGET, "release", "loadgen")
+LIMIT = os.path.join(RUN, "target", "release", "limit")
+VENV = os.path.join(RUN, "venv")
+SECRET = "bench-secret"
+SIZES = {"1k": 1024, "4k": 4096, "16k": 16384}
+# Ports away from the peers' defaults, so a peers.sh run on the same machine does not clash.
+BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "18500"))
+PATH = "/webhook/zoho-desk"
+
+
+def log(message):
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def fail(message):
+    print(f"bench: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def sh(cmd, **kw):
+    log(" ".join(cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+# ---------------------------------------------------------------- build and set-up
+
+
+def build():
+    if not os.path.isfile(os.path.join(PEERS, "limit", "Cargo.toml")) or not os.path.isdir(
+        os.path.join(PEERS, "flask_ref")
+    ):
+        fail(
+            f"reference peers not found at {os.path.abspath(PEERS)}: check out ../shared/peers "
+            "next to the repository or set PEERS_DIR"
+        )
+    os.makedirs(RUN, exist_ok=True)
+    sh(["cargo", "build", "--release", "--bin", "deskhook"], cwd=REPO)
+    sh(
+        ["cargo", "build", "--release", "--manifest-path", os.path.join(REPO, "bench", "loadgen", "Cargo.toml")],
+        env={**os.environ, "CARGO_TARGET_DIR": TOOLS_TARGET},
+    )
+    if not os.access(LIMIT, os.X_OK):
+        sh(
+            ["cargo", "build", "-q", "--release", "--manifest-path", os.path.join(PEERS, "limit", "Cargo.toml")],
+            env={**os.environ, "CARGO_TARGET_DIR": os.path.join(RUN, "target")},
+        )
+    if not os.access(os.path.join(VENV, "bin", "gunicorn"), os.X_OK):
+        sh([sys.executable, "-m", "venv", VENV])
+        sh([os.path.join(VENV, "bin", "pip"), "install", "-q", "flask", "gunicorn", "uvicorn",
+            "starlette", "uvloop", "httptools"])
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Server:
+    def __init__(self, name, port, cmd, env=None, cwd=None):
+        self.name, self.port, self.cmd, self.env, self.cwd = name, port, cmd, env, cwd
+        self.proc = None
+        self.log_path = os.path.join(OUT, f"{name}.log")
+
+    def start(self):
+        """Starts the server and returns milliseconds until it answered on its port."""
+        logf = open(self.log_path, "wb")
+        began = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.cwd,
+            env={**os.environ, **(self.env or {})}, start_new_session=True,
+        )
+        ready_path = "/ready" if self.name.startswith("deskhook") else "/health"
+        while time.perf_counter() - began < 30:
+            if self.proc.poll() is not None:
+                fail(f"{self.name} exited at start; see {self.log_path}")
+            status = http_get_status(self.port, ready_path)
+            if status is not None and (status == 200 or not self.name.startswith("deskhook")):
+                return (time.perf_counter() - began) * 1000
+            time.sleep(0.001)
+        fail(f"{self.name} did not answer within 30 s; see {self.log_path}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def rss_kb(self):
+        return tree_rss_kb(self.proc.pid)
+
+
+def http_get_status(port, path):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            head = s.recv(64).decode("latin-1")
+            return int(head.split(" ")[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def http_get(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[-1].decode()
+
+
+def tree_rss_kb(pid):
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,rss="], capture_output=True, text=True).stdout
+    kids, rss = {}, {}
+    for line in out.splitlines():
+        p, pp, r = map(int, line.split())
+        kids.setdefault(pp, []).append(p)
+        rss[p] = r
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack += kids.get(p, [])
+    return total
+
+
+def queue_depth(metrics_port):
+    for line in http_get(metrics_port, "/metrics").splitlines():
+        if line.startswith("queue_depth ") or line.startswith("deskhook_queue_depth "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def servers(selected):
+    py = lambda tool: os.path.join(VENV, "bin", tool)
+    flask_dir = os.path.join(PEERS, "flask_ref")
+    deskhook_env = {"ZOHO_WEBHOOK_SECRET": SECRET, "DESKHOOK_LOG_FORMAT": "json"}
+    table = {
+        # Embedded defaults: no settings file, no Zoho account (the workflow runs offline).
+        "deskhook": Server("deskhook", BASE_PORT, [
+            DESKHOOK, "serve", "--listen", f"127.0.0.1:{BASE_PORT}",
+            "--metrics-listen", f"127.0.0.1:{BASE_PORT + 9}"], env=deskhook_env),
+        "rust-const": Server("rust-const", BASE_PORT + 1, [LIMIT, "const", f"127.0.0.1:{BASE_PORT + 1}"]),
+        "rust-hot": Server("rust-hot", BASE_PORT + 2, [LIMIT, "hot", f"127.0.0.1:{BASE_PORT + 2}"]),
+        "flask-sync": Server("flask-sync", BASE_PORT + 3, [
+            py("gunicorn"), "--workers", "4", "--timeout", "120", "-b", f"127.0.0.1:{BASE_PORT + 3}",
+            "webhook_server:app"], cwd=flask_dir),
+        "starlette-uvicorn": Server("starlette-uvicorn", BASE_PORT + 4, [
+            py("uvicorn"), "asgi_server:app", "--host", "127.0.0.1", "--port", str(BASE_PORT + 4),
+            "--workers", "4", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--log-level", "warning"], cwd=flask_dir),
+    }
+    for name in selected:
+        if name not in table:
+            fail(f"unknown server {name}; known: {', '.join(table)}")
+    return [table[n] for n in selected]
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def loadgen(port, size, conns, duration, warmup, requests=None):
+    cmd = [LOADGEN, "--url", f"http://127.0.0.1:{port}{PATH}", "--size", str(SIZES[size]),
+           "--connections", str(conns), "--duration", str(duration), "--warmup", str(warmup),
+           "--secret", SECRET, "--threads", "2"]
+    if requests:
+        cmd += ["--requests", str(requests)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_cell(server, size, conns, args):
+    samples = []
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.wait(0.2):
+            samples.append(server.rss_kb())
+
+    th = threading.Thread(target=sampler)
+    th.start()
+    try:
+        r = loadgen(server.port, size, conns, args.duration, args.warmup)
+    finally:
+        stop.set()
+        th.join()
+    r.update(server=server.name, size=size, conns=conns,
+             peak_rss_mb=round(max(samples + [server.rss_kb()]) / 1024, 1))
+    return r
+
+
+def wait_drained(metrics_port, limit_s=60):
+    end = time.time() + limit_s
+    while time.time() < end:
+        if queue_depth(metrics_port) == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def settle(seconds=1.0):
+    """Lets the previous run's backlog (gunicorn workers, deskhook workers) finish."""
+    time.sleep(seconds)
+
+
+def status_mix(r):
+    parts = [f"{k}:{v}" for k, v in r["status"].items()]
+    parts += [f"{k}:{v}" for k, v in r["events"].items()]
+    parts += [f"err-{k}:{v}" for k, v in r["errors"].items()]
+    return " ".join(parts)
+
+
+def intake(args):
+    selected = servers(args.servers.split(","))
+    results, extra = [], {}
+    started = []
+    try:
+        for s in selected:
+            ms = s.start()
+            started.append(s)
+            if s.name == "deskhook":
+                extra["startup_ms"] = round(ms, 1)
+                time.sleep(1)
+                extra["idle_rss_mb"] = round(s.rss_kb() / 1024, 1)
+                for line in open(s.log_path, errors="replace"):
+                    if "deskhook ready" in line:
+                        try:
+                            extra["startup_ms_logged"] = json.loads(line).get("startup_ms")
+                        except ValueError:
+                            pass
+        time.sleep(1)
+        for rep in range(args.reps):
+            for size in args.sizes.split(","):
+                for conns in map(int, args.conns.split(",")):
+                    for s in selected:
+                        if s.name == "deskhook" and not wait_drained(BASE_PORT + 9):
+                            log("deskhook's queue did not drain within 60 s")
+                        settle()
+                        r = run_cell(s, size, conns, args)
+                        r["rep"] = rep
+                        results.append(r)
+                        log(f"{s.name:18} {size:>3} c={conns:<3} {r['rps']:>9.0f} req/s "
+                            f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+                            f"rss {r['peak_rss_mb']} MB  [{status_mix(r)}]")
+    finally:
+        for s in started:
+            s.stop()
+    return results, extra
+
+
+def queued_memory():
+    """RSS with 10,000 events waiting: Zoho is a black hole (accepts, never answers), so the
+    workers stay busy on their first token request while 10,000 distinct 4 KB events queue."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1024)
+    url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+    config = os.path.join(OUT, "queued.yaml")
+    with open(config, "w") as f:
+        f.write("apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nmetadata:\n  name: bench\n"
+                "spec:\n  zoho:\n    orgId: \"700000001\"\n")
+    port = BASE_PORT + 20
+    s = Server("deskhook-queued", port, [
+        DESKHOOK, "serve", "--config", config, "--listen", f"127.0.0.1:{port}",
+        "--metrics-listen", f"127.0.0.1:{port + 9}"], env={
+            "ZOHO_WEBHOOK_SECRET": SECRET, "DESKHOOK_LOG_FORMAT": "json",
+            "ZOHO_CLIENT_ID": "1000.BENCH", "ZOHO_CLIENT_SECRET": "bench", "ZOHO_REFRESH_TOKEN": "bench",
+            "DESKHOOK_ZOHO_ACCOUNTS_URL": url, "DESKHOOK_ZOHO_DESK_URL": url, "DESKHOOK_ZOHO_CRM_URL": url})
+    try:
+        s.start()
+        time.sleep(0.5)
+        before = s.rss_kb()
+        r = loadgen(port, "4k", 16, 600, 0, requests=10_000)
+        time.sleep(1)
+        return {"rss_before_mb": round(before / 1024, 1), "rss_queued_mb": round(s.rss_kb() / 1024, 1),
+                "queue_depth": queue_depth(port + 9), "status": r["status"], "events": r["events"]}
+    finally:
+        s.stop()
+        hole.close()
+
+
+# ---------------------------------------------------------------- report
+
+
+def median_rows(results):
+    keyed = {}
+    for r in results:
+        keyed.setdefault((r["server"], r["size"], r["conns"]), []).append(r)
+    rows = {}
+    for key, rs in keyed.items():
+        med = lambda k: statistics.median(x[k] for x in rs)
+        rows[key] = {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+                     "peak_rss_mb": med("peak_rss_mb"), "mix": status_mix(rs[-1])}
+    return rows
+
+
+def report(results, extra, args):
+    rows = median_rows(results)
+    names = args.servers.split(",")
+    lines = ["| server | body | conns | req/s | p50 ms | p99 ms | peak RSS MB | status mix (last rep) |",
+             "|---|---|---|---|---|---|---|---|"]
+    ratio = ["| body | conns | deskhook req/s | ceiling req/s | original req/s | deskhook/ceiling | "
+             "deskhook/original | deskhook/rust-hot |", "|---|---|---|---|---|---|---|---|"]
+    for size in args.sizes.split(","):
+        for conns in map(int, args.conns.split(",")):
+            for name in names:
+                r = rows.get((name, size, conns))
+                if r:
+                    lines.append(f"| {name} | {size} | {conns} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+                                 f"{r['p99_ms']:.2f} | {r['peak_rss_mb']:.1f} | {r['mix']} |")
+            d = rows.get(("deskhook", size, conns))
+            c = rows.get(("rust-const", size, conns))
+            o = rows.get(("flask-sync", size, conns))
+            h = rows.get(("rust-hot", size, conns))
+            if d:
+                fmt = lambda x: f"{d['rps'] / x['rps']:.2f}" if x and x["rps"] else "–"
+                n = lambda x: f"{x['rps']:,.0f}" if x else "–"
+                ratio.append(f"| {size} | {conns} | {d['rps']:,.0f} | {n(c)} | {n(o)} | {fmt(c)} | "
+                             f"{fmt(o)} | {fmt(h)} |")
+    text = "\n".join(["## Intake", "", *lines, "", "## Ratios (same run)", "", *ratio, "",
+                      "## deskhook process", "",
+                      "| measure | value |", "|---|---|",
+                      *[f"| {k} | {v} |" for k, v in extra.items()], ""])
+    return text
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+    return f"{os.cpu_count()} CPUs ({cpu}), {int(mem) // 1024} MB RAM, load average {os.getloadavg()[0]:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5)
+    ap.add_argument("--warmup", type=float, default=1)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--sizes", default="1k,4k,16k")
+    ap.add_argument("--conns", default="8,64,256")
+    ap.add_argument("--servers", default="deskhook,rust-const,rust-hot,flask-sync")
+    ap.add_argument("--skip-workflow", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    build()
+    log(f"machine: {machine()}")
+    results, extra = intake(args)
+    extra.update({f"10k_queued_{k}": v for k, v in queued_memory().items()})
+    extra["release_binary_bytes"] = os.path.getsize(DESKHOOK)
+    with open(os.path.join(OUT, "raw.jsonl"), "a") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    text = f"Machine: {machine()}\nLoad: loadgen -t2 on the same cores, {args.duration:g} s per cell " \
+           f"after {args.warmup:g} s warm-up, {args.reps} rep(s), distinct validly signed events\n\n"
+    text += report(results, extra, args)
+    with open(os.path.join(OUT, "intake.md"), "w") as f:
+        f.write(text)
+    print(text, flush=True)
+    if not args.skip_workflow:
+        print("## Workflow\n", flush=True)
+        sh(["cargo", "bench", "--bench", "workflow"], cwd=REPO)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+//! The middleware in front of every public route except the probes: who the client is, the
+//! source allowlist, the per-client budgets, and a body read with a size limit and a deadline.
+//! It is also where every refusal is counted and logged (redacted), whoever decided it.
+//!
+//! Order: allowlist, failure budget, request budget, then the body. Nothing is read from a
+//! client that is turned away, and a slow body cannot hold a handler.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::AppState;
+use super::reply;
+use crate::config::limits::body_read_timeout;
+use crate::limits::{self, Denial};
+use crate::rejections::Rejection;
+use crate::verify::{Reason, Scheme};
+
+/// Largest body accepted on any public route: Zoho's deliveries are a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The route whose refusals also count in `deskhook_webhook_requests_total`.
+const WEBHOOK_ROUTE: &str = "/webhook/zoho-desk";
+
+/// Put on a response by a handler that refused the request, so this middleware counts and
+/// logs it with everything it knows about the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Refused {
+    pub reason: Reason,
+    pub scheme: Option<Scheme>,
+}
+
+/// `response` marked as a refusal for `reason`.
+pub fn refused(mut response: Response, reason: Reason, scheme: Option<Scheme>) -> Response {
+    response.extensions_mut().insert(Refused { reason, scheme });
+    response
+}
+
+/// What is known about a request, for its rejection entry.
+struct Seen {
+    client: Option<IpAddr>,
+    method: String,
+    route: Option<String>,
+    headers: HeaderMap,
+}
+
+impl Seen {
+    fn entry(&self, refused: Refused, status: StatusCode, body: Option<usize>) -> Rejection {
+        let mut entry = Rejection::new(refused.reason.as_str()).with_headers(&self.headers);
+        entry.scheme = refused.scheme.map(Scheme::as_str);
+        entry.status = Some(status.as_u16());
+        entry.client = self.client.map(|c| c.to_string());
+        entry.method = Some(self.method.chars().take(16).collect());
+        entry.route = self.route.clone();
+        entry.body_bytes = body;
+        entry
+    }
+}
+
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let settings = state.settings.current();
+    // Without a socket (a router driven in a test) there is no client to limit.
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| {
+            limits::client_addr(
+                peer.ip(),
+                request.headers().get_all("x-forwarded-for").iter(),
+                &settings.networks,
+            )
+        });
+    let seen = Seen {
+        client,
+        method: request.method().as_str().to_owned(),
+        route: request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned()),
+        headers: request.headers().clone(),
+    };
+    let deny = |response: Response, reason: Reason, outcome: &str, body: Option<usize>| {
+        if seen.route.as_deref() == Some(WEBHOOK_ROUTE) {
+            state
+                .metrics
+                .webhook_requests
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        let refusal = Refused {
+            reason,
+            scheme: None,
+        };
+        record(&state, seen.entry(refusal, response.status(), body));
+        response
+    };
+
+    if let Some(client) = client {
+        if let Err(denial) = state.guard.admit(client, &settings) {
+            let (response, reason) = match denial {
+                Denial::SourceNotAllowed => (
+                    reply::error(StatusCode::FORBIDDEN, "Forbidden"),
+                    Reason::SourceNotAllowed,
+                ),
+                Denial::RateLimited(wait) => (too_many(wait), Reason::RateLimited),
+                Denial::TooManyFailures(wait) => (too_many(wait), Reason::TooManyFailures),
+            };
+            let outcome = match reason {
+                Reason::SourceNotAllowed => "forbidden",
+                _ => "rate_limited",
+            };
+            return deny(response, reason, outcome, None);
+        }
+    }
+
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&parts.headers, body, body_read_timeout(settings.limits())).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            let response = reply::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
+            return deny(response, Reason::TooLarge, "too_large", None);
+        }
+        Err(BodyError::TooSlow) => {
+            let mut response = reply::error(StatusCode::REQUEST_TIMEOUT, "Request timeout");
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return deny(response, Reason::BodyTimeout, "timeout", None);
+        }
+    };
+    let body_bytes = body.len();
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+
+    if let Some(refusal) = response.extensions_mut().remove::<Refused>() {
+        record(
+            &state,
+            seen.entry(refusal, response.status(), Some(body_bytes)),
+        );
+    }
+    // Every 401 is a failed verification (signature, token, replay or admin token).
+    if response.status() == StatusCode::UNAUTHORIZED {
+        if let Some(client) = client {
+            state.guard.record_failure(client, &settings);
+        }
+    }
+    response
+}
+
+/// Counts and keeps a rejection entry.
+pub fn record(state: &AppState, entry: Rejection) {
+    state
+        .metrics
+        .rejections
+        .with_label_values(&[entry.reason])
+        .inc();
+    tracing::warn!(
+        reason = entry.reason,
+        scheme = entry.scheme,
+        status = entry.status,
+        client = entry.client.as_deref(),
+        route = entry.route.as_deref(),
+        "request refused"
+    );
+    state.rejections.push(entry);
+}
+
+fn too_many(wait: Duration) -> Response {
+    let mut response = reply::error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(limits::retry_after_seconds(wait)),
+    );
+    response
+}
+
+enum BodyError {
+    TooLarge,
+    TooSlow,
+}
+
+/// Reads the body up to [`MAX_BODY_BYTES`] within `deadline`; a declared length over the
+/// limit is refused before anything is read.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    deadline: Duration,
+) -> Result<axum::body::Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => Err(BodyError::TooSlow),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}

@@ -1,0 +1,1104 @@
+//! The Redis queue: one stream shared by every pod, each pod a consumer of one group.
+//!
+//! Keys (all under the configured prefix):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `stream` | stream | one entry per ticket with work to do ("ticket T is ready") |
+//! | `pending` | hash | ticket → the job waiting for it (a newer event replaces it: coalescing) |
+//! | `running` | hash | stream entry id → the job being run for it, and its attempt count |
+//! | `queued` | set | tickets that have a live stream entry |
+//! | `dead` | stream | jobs that failed for good, with their last error |
+//! | `seen:<hash>` | string with TTL | deliveries accepted within the deduplication window |
+//!
+//! Per-ticket exclusion across pods: a ticket has at most one live stream entry (the `queued`
+//! set says which), and that entry stays in the group's pending-entries list, owned by the
+//! pod running it, until the run is acknowledged. Events arriving meanwhile wait in `pending`
+//! (the newest replaces older ones) and are put back on the stream by the acknowledgement:
+//! exactly one coalesced re-run. The ownership is a lease: the owner renews it (`XCLAIM …
+//! JUSTID`) while it works; when a pod dies, its entries go idle and another pod takes them
+//! over with `XAUTOCLAIM` after `claimIdleSeconds`, with the job it was running (stored in
+//! `running`, so step completion recorded in the ledger under the same job id is found).
+//!
+//! Every state change is one Lua script, so Redis applies it atomically: a pod dying between
+//! two commands never leaves a ticket half-moved. `accept` returns only after Redis has
+//! answered the script; whether that write survives a Redis crash depends on Redis's own
+//! persistence (`appendonly yes`, `appendfsync always` for no loss at all).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use prometheus::{IntCounter, IntGauge};
+use redis::Value;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tokio::sync::Notify;
+
+use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
+use crate::event::TicketEvent;
+use crate::metrics::Metrics;
+use crate::shared::{Context, Redis, RedisError, RedisSetupError, now_ms};
+
+/// The consumer group every pod belongs to.
+const GROUP: &str = "workers";
+/// Longest wait of one blocking read; claims re-check local work and shutdown this often.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Entries taken over per `XAUTOCLAIM`.
+const RECLAIM_BATCH: usize = 20;
+/// How long the time of a ticket's last event or run is remembered for reconciliation.
+const TOUCH_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// How the Redis queue behaves (from `spec.queue.redis`, read at start).
+#[derive(Clone, Debug)]
+pub struct RedisQueueOptions {
+    /// This pod's consumer name (`POD_NAME`): unique per live pod.
+    pub consumer: String,
+    /// Idle time after which another pod takes a job over.
+    pub claim_idle: Duration,
+    /// Runs of a job at most, the first included.
+    pub max_attempts: u32,
+}
+
+/// A job this pod holds: which stream entry it came from.
+#[derive(Clone, Debug)]
+struct Held {
+    entry: String,
+    ticket: String,
+}
+
+/// A job as stored in Redis.
+#[derive(Serialize, Deserialize)]
+struct StoredJob {
+    id: u64,
+    ticket_id: String,
+    event_type: String,
+    #[serde(default)]
+    org_id: Option<String>,
+    #[serde(default)]
+    event_time_ms: Option<i64>,
+    payload: Json,
+    dedupe_key: String,
+    /// Wall-clock time of acceptance, so the echo guard's window survives a takeover.
+    enqueued_at_ms: u64,
+}
+
+impl StoredJob {
+    fn new(id: u64, event: &TicketEvent) -> Self {
+        Self {
+            id,
+            ticket_id: event.ticket_id.clone(),
+            event_type: event.event_type.clone(),
+            org_id: event.org_id.clone(),
+            event_time_ms: event.event_time_ms,
+            payload: event.payload.clone(),
+            dedupe_key: hex::encode(event.dedupe_key),
+            enqueued_at_ms: now_ms(),
+        }
+    }
+
+    fn into_job(self, attempt: u32) -> Job {
+        let mut dedupe_key = [0u8; 32];
+        if let Ok(bytes) = hex::decode(&self.dedupe_key)
+            && bytes.len() == 32
+        {
+            dedupe_key.copy_from_slice(&bytes);
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms));
+        let now = Instant::now();
+        Job {
+            id: self.id,
+            event: TicketEvent {
+                ticket_id: self.ticket_id,
+                event_type: self.event_type,
+                org_id: self.org_id,
+                event_time_ms: self.event_time_ms,
+                payload: self.payload,
+                dedupe_key,
+            },
+            attempt: attempt.max(1),
+            enqueued_at: now.checked_sub(age).unwrap_or(now),
+        }
+    }
+}
+
+/// The keys of one queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    pub stream: String,
+    pub pending: String,
+    pub running: String,
+    pub queued: String,
+    pub dead: String,
+    pub sequence: String,
+    redis: Redis,
+}
+
+impl Keys {
+    pub fn new(redis: &Redis) -> Self {
+        Self {
+            stream: redis.key("stream"),
+            pending: redis.key("pending"),
+            running: redis.key("running"),
+            queued: redis.key("queued"),
+            dead: redis.key("dead"),
+            sequence: redis.key("job-seq"),
+            redis: redis.clone(),
+        }
+    }
+
+    fn seen(&self, dedupe_key: &[u8; 32]) -> String {
+        self.redis.key(&format!("seen:{}", hex::encode(dedupe_key)))
+    }
+
+    /// When the ticket last had an event accepted or a run finished (epoch ms).
+    pub fn touched(&self, ticket: &str) -> String {
+        self.redis.key(&format!("ticket:{ticket}"))
+    }
+}
+
+/// Stores an event unless it is a duplicate or the queue is full. `ARGV[2]` is the job.
+const ACCEPT: &str = r#"
+local window = tonumber(ARGV[3])
+if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
+local waiting = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
+if not waiting and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 'full' end
+if window > 0 then redis.call('SET', KEYS[1], '1', 'EX', window) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6])
+if waiting then return 'coalesced' end
+if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[4], '*', 'ticket', ARGV[1])
+end
+return 'queued'
+"#;
+
+/// Binds the job of a delivered stream entry to it: the job already bound (a takeover, whose
+/// attempt is counted) or the ticket's waiting job. `false` when there is none.
+const TAKE: &str = r#"
+local attempts = ARGV[1] .. ':attempts'
+local job = redis.call('HGET', KEYS[2], ARGV[1])
+if job then
+  local attempt = redis.call('HINCRBY', KEYS[2], attempts, tonumber(ARGV[3]))
+  return {job, attempt}
+end
+job = redis.call('HGET', KEYS[1], ARGV[2])
+if not job then return false end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], job, attempts, 1)
+return {job, 1}
+"#;
+
+/// Ends a run: only by the entry's owner; optionally dead-letters the job first; puts the
+/// ticket back on the stream when an event waits for it, else frees it.
+/// Returns -1 when this pod no longer owns the entry, 2 for a re-run, 1 otherwise.
+const FINISH: &str = r#"
+local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #owned == 0 then return -1 end
+if ARGV[6] == '1' then
+  local job = redis.call('HGET', KEYS[3], ARGV[3]) or ''
+  local attempts = redis.call('HGET', KEYS[3], ARGV[3] .. ':attempts') or '0'
+  redis.call('XADD', KEYS[5], '*', 'ticket', ARGV[4], 'job', job, 'attempts', attempts,
+    'error', ARGV[7], 'failed_at', ARGV[5], 'consumer', ARGV[2])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[3], ARGV[3] .. ':attempts')
+redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[8])
+if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
+  redis.call('XADD', KEYS[1], '*', 'ticket', ARGV[4])
+  return 2
+end
+redis.call('SREM', KEYS[4], ARGV[4])
+return 1
+"#;
+
+/// Renews this pod's ownership of its entries; returns the ones another pod took over.
+const RENEW: &str = r#"
+local lost = {}
+for i = 3, #ARGV do
+  local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #owned == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"#;
+
+/// Sets a retried job's attempt count, if this pod still owns its entry.
+const RETRY: &str = r#"
+local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #owned == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[3] .. ':attempts', ARGV[4])
+return 1
+"#;
+
+/// Puts a dead-lettered job back: as the ticket's waiting job (keeping its id, so steps
+/// already done are not repeated), unless a newer event waits, which covers it.
+const REPLAY: &str = r#"
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return 'missing' end
+local fields = found[1][2]
+local ticket, job
+for i = 1, #fields, 2 do
+  if fields[i] == 'ticket' then ticket = fields[i + 1] end
+  if fields[i] == 'job' then job = fields[i + 1] end
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+if not ticket or not job or job == '' then return 'unreadable' end
+if redis.call('HEXISTS', KEYS[2], ticket) == 1 then return 'coalesced' end
+redis.call('HSET', KEYS[2], ticket, job)
+if redis.call('SADD', KEYS[3], ticket) == 1 then
+  redis.call('XADD', KEYS[4], '*', 'ticket', ticket)
+end
+return 'queued'
+"#;
+
+struct Scripts {
+    accept: redis::Script,
+    take: redis::Script,
+    finish: redis::Script,
+    renew: redis::Script,
+    retry: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            accept: redis::Script::new(ACCEPT),
+            take: redis::Script::new(TAKE),
+            finish: redis::Script::new(FINISH),
+            renew: redis::Script::new(RENEW),
+            retry: redis::Script::new(RETRY),
+        }
+    }
+}
+
+/// Metrics of the Redis backend.
+struct QueueMetrics {
+    dead_letters: IntGauge,
+    redis_up: IntGauge,
+    reclaimed: IntCounter,
+    lost: IntCounter,
+}
+
+impl QueueMetrics {
+    fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let registry = metrics.registry();
+        let dead_letters = IntGauge::new(
+            "queue_dead_letters",
+            "Jobs in the Redis dead-letter stream (deskhook queue dead-letters).",
+        )?;
+        let redis_up = IntGauge::new(
+            "queue_redis_up",
+            "1 when the last Redis command of this pod succeeded, else 0.",
+        )?;
+        let reclaimed = IntCounter::new(
+            "queue_reclaimed_total",
+            "Jobs this pod took over from a pod that stopped renewing them.",
+        )?;
+        let lost = IntCounter::new(
+            "queue_lost_leases_total",
+            "Jobs another pod took over while this pod still held them (renewal came too late).",
+        )?;
+        for metric in [&dead_letters, &redis_up] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        for metric in [&reclaimed, &lost] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        Ok(Self {
+            dead_letters,
+            redis_up,
+            reclaimed,
+            lost,
+        })
+    }
+}
+
+/// The shared queue. Build it with [`RedisQueue::start`], which also starts its upkeep.
+pub struct RedisQueue {
+    connection: ConnectionManager,
+    /// Blocking reads only; one at a time, so workers take turns waiting on the stream.
+    reader: tokio::sync::Mutex<ConnectionManager>,
+    keys: Keys,
+    options: RedisQueueOptions,
+    scripts: Scripts,
+    metrics: QueueMetrics,
+    /// Jobs this pod holds, by job id.
+    held: Mutex<HashMap<u64, Held>>,
+    /// Jobs due to run here: retries whose delay passed, and jobs taken over.
+    local: Mutex<VecDeque<Job>>,
+    wake: Notify,
+    closed: AtomicBool,
+    healthy: AtomicBool,
+    depth: AtomicUsize,
+    group_ready: AtomicBool,
+}
+
+impl RedisQueue {
+    /// Connects (lazily) and starts the upkeep task: lease renewal, takeover of abandoned
+    /// jobs, and the depth gauges.
+    pub fn start(
+        redis: &Redis,
+        options: RedisQueueOptions,
+        metrics: &Metrics,
+    ) -> Result<Arc<Self>, RedisSetupError> {
+        let reader = redis.dedicated(BLOCK + crate::shared::COMMAND_TIMEOUT)?;
+        let queue_metrics =
+            QueueMetrics::register(metrics).map_err(|_| RedisSetupError::Connection)?;
+        let queue = Arc::new(Self {
+            connection: redis.connection(),
+            reader: tokio::sync::Mutex::new(reader),
+            keys: Keys::new(redis),
+            options,
+            scripts: Scripts::new(),
+            metrics: queue_metrics,
+            held: Mutex::new(HashMap::new()),
+            local: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            healthy: AtomicBool::new(false),
+            depth: AtomicUsize::new(0),
+            group_ready: AtomicBool::new(false),
+        });
+        tokio::spawn(upkeep(Arc::downgrade(&queue)));
+        Ok(queue)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Records whether Redis answered, for readiness and the `queue_redis_up` gauge.
+    fn observe<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        let up = result.is_ok();
+        if self.healthy.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!("Redis is reachable again");
+            } else if let Err(error) = &result {
+                tracing::error!(error = %error, "Redis is unreachable: deliveries get 503");
+            }
+        }
+        self.metrics.redis_up.set(i64::from(up));
+        result
+    }
+
+    async fn ensure_group(&self) -> Result<(), RedisError> {
+        if self.group_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(RedisError::new("create the consumer group", &e)),
+        }
+        self.group_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn hold(&self, job: &Job, entry: &str) {
+        self.lock_held().insert(
+            job.id,
+            Held {
+                entry: entry.to_owned(),
+                ticket: job.event.ticket_id.clone(),
+            },
+        );
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_local(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads one new entry for this pod (waiting up to [`BLOCK`]) and binds its job.
+    async fn read_new(&self) -> Result<Option<Job>, RedisError> {
+        self.ensure_group().await?;
+        let reply: redis::RedisResult<Value> = {
+            let mut reader = self.reader.lock().await;
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.options.consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.keys.stream)
+                .arg(">")
+                .query_async(&mut *reader)
+                .await
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost its data (no persistence) or the stream was deleted.
+                self.group_ready.store(false, Ordering::Release);
+                return Err(RedisError::new("read the stream", &e));
+            }
+            Err(e) => return Err(RedisError::new("read the stream", &e)),
+        };
+        let Some((entry, ticket)) = stream_entries(&reply).into_iter().next() else {
+            return Ok(None);
+        };
+        self.bind(&entry, &ticket, false).await
+    }
+
+    /// Binds the job of `entry`; an entry without a job is finished at once.
+    async fn bind(
+        &self,
+        entry: &str,
+        ticket: &str,
+        taken_over: bool,
+    ) -> Result<Option<Job>, RedisError> {
+        let bound: Option<(String, u32)> = self
+            .scripts
+            .take
+            .key(&self.keys.pending)
+            .key(&self.keys.running)
+            .arg(entry)
+            .arg(ticket)
+            .arg(u32::from(taken_over))
+            .invoke_async(&mut self.conn())
+            .await
+            .doing("bind a job to its stream entry")?;
+        let Some((stored, attempt)) = bound else {
+            tracing::warn!(entry, "stream entry without a job; releasing its ticket");
+            self.finish_entry(entry, ticket, None).await?;
+            return Ok(None);
+        };
+        let stored: StoredJob = match serde_json::from_str(&stored) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(entry, error = %error, "unreadable job; dead-lettering it");
+                let why = format!("unreadable job: {error}");
+                self.finish_entry(entry, ticket, Some(&why)).await?;
+                return Ok(None);
+            }
+        };
+        let job = stored.into_job(attempt);
+        self.hold(&job, entry);
+        if taken_over && attempt > self.options.max_attempts {
+            // A job whose runs keep killing their pod must not take the whole deployment down.
+            let why = format!("abandoned by its pod {} times", attempt - 1);
+            self.dead_letter(&job, &why).await;
+            return Ok(None);
+        }
+        Ok(Some(job))
+    }
+
+    /// Runs the finish script for an entry; `dead` carries the error when dead-lettering.
+    async fn finish_entry(
+        &self,
+        entry: &str,
+        ticket: &str,
+        dead: Option<&str>,
+    ) -> Result<i64, RedisError> {
+        self.scripts
+            .finish
+            .key(&self.keys.stream)
+            .key(&self.keys.pending)
+            .key(&self.keys.running)
+            .key(&self.keys.queued)
+            .key(&self.keys.dead)
+            .key(self.keys.touched(ticket))
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg(entry)
+            .arg(ticket)
+            .arg(now_ms())
+            .arg(if dead.is_some() { "1" } else { "0" })
+            .arg(dead.unwrap_or(""))
+            .arg(TOUCH_TTL_SECONDS)
+            .invoke_async(&mut self.conn())
+            .await
+            .doing("finish a job")
+    }
+
+    /// Finishes a held job, retrying briefly: a lost acknowledgement only means the job is
+    /// taken over and run again later, which the ledger makes harmless, but it costs a delay.
+    async fn finish(&self, job: &Job, dead: Option<&str>) {
+        let Some(held) = self.lock_held().remove(&job.id) else {
+            return;
+        };
+        for attempt in 1..=5u32 {
+            let result = self.finish_entry(&held.entry, &held.ticket, dead).await;
+            match self.observe(result) {
+                Ok(-1) => {
+                    self.metrics.lost.inc();
+                    tracing::warn!(
+                        ticket_id = %held.ticket,
+                        "another pod took this job over before it finished"
+                    );
+                    return;
+                }
+                Ok(_) => {
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(error) if attempt == 5 => {
+                    tracing::error!(
+                        ticket_id = %held.ticket,
+                        error = %error,
+                        "failed to acknowledge a job; another pod will take it over"
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
+            }
+        }
+    }
+
+    /// Renews the leases of held jobs; forgets the ones another pod took over.
+    async fn renew(&self) -> Result<(), RedisError> {
+        let entries: Vec<String> = self.lock_held().values().map(|h| h.entry.clone()).collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.renew.key(&self.keys.stream);
+        invocation.arg(GROUP).arg(&self.options.consumer);
+        for entry in &entries {
+            invocation.arg(entry);
+        }
+        let lost: Vec<String> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .doing("renew job leases")?;
+        if !lost.is_empty() {
+            self.metrics.lost.inc_by(lost.len() as u64);
+            tracing::warn!(jobs = lost.len(), "jobs were taken over by another pod");
+        }
+        Ok(())
+    }
+
+    /// Takes over jobs of pods that stopped renewing them.
+    async fn reclaim(&self) -> Result<(), RedisError> {
+        self.ensure_group().await?;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg(self.options.claim_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(RECLAIM_BATCH)
+            .query_async(&mut self.conn())
+            .await
+            .doing("take over abandoned jobs")?;
+        let claimed = match &reply {
+            Value::Array(parts) if parts.len() >= 2 => entry_list(&parts[1]),
+            _ => Vec::new(),
+        };
+        for (entry, ticket) in claimed {
+            // Ours already (a renewal that came too late): nothing to take over.
+            if self.lock_held().values().any(|h| h.entry == entry) {
+                continue;
+            }
+            if let Some(job) = self.bind(&entry, &ticket, true).await? {
+                self.metrics.reclaimed.inc();
+                tracing::warn!(
+                    ticket_id = %job.event.ticket_id,
+                    attempt = job.attempt,
+                    "took over a job its pod stopped renewing"
+                );
+                self.lock_local().push_back(job);
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_gauges(&self) -> Result<(), RedisError> {
+        let (depth, dead): (usize, i64) = redis::pipe()
+            .cmd("HLEN")
+            .arg(&self.keys.pending)
+            .cmd("XLEN")
+            .arg(&self.keys.dead)
+            .query_async(&mut self.conn())
+            .await
+            .doing("read the queue depth")?;
+        self.depth.store(depth, Ordering::Relaxed);
+        self.metrics.dead_letters.set(dead);
+        Ok(())
+    }
+}
+
+/// Renews leases a few times per idle timeout, takes over abandoned jobs and refreshes the
+/// gauges, until the queue is dropped.
+async fn upkeep(queue: Weak<RedisQueue>) {
+    let period = match queue.upgrade() {
+        Some(q) => {
+            (q.options.claim_idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(queue) = queue.upgrade() else { return };
+        let renewed = queue.renew().await;
+        let renewed = queue.observe(renewed);
+        if renewed.is_err() {
+            continue;
+        }
+        // A closing pod takes nothing new over: the remaining pods will.
+        if !queue.closed.load(Ordering::Acquire) {
+            let reclaimed = queue.reclaim().await;
+            if let Err(error) = queue.observe(reclaimed) {
+                tracing::warn!(error = %error, "failed to take over abandoned jobs");
+            }
+        }
+        let gauges = queue.refresh_gauges().await;
+        let _ = queue.observe(gauges);
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn accept(
+        &self,
+        event: TicketEvent,
+        policy: AcceptPolicy,
+    ) -> Result<Accepted, QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let result = async {
+            let id: u64 = redis::cmd("INCR")
+                .arg(&self.keys.sequence)
+                .query_async(&mut self.conn())
+                .await
+                .doing("allocate a job id")?;
+            let job = serde_json::to_string(&StoredJob::new(id, &event))
+                .expect("a job serialises to JSON");
+            let outcome: String = self
+                .scripts
+                .accept
+                .key(self.keys.seen(&event.dedupe_key))
+                .key(&self.keys.pending)
+                .key(&self.keys.queued)
+                .key(&self.keys.stream)
+                .key(self.keys.touched(&event.ticket_id))
+                .arg(&event.ticket_id)
+                .arg(job)
+                .arg(policy.dedupe_window.as_secs())
+                .arg(policy.capacity)
+                .arg(now_ms())
+                .arg(TOUCH_TTL_SECONDS)
+                .invoke_async(&mut self.conn())
+                .await
+                .doing("store an event")?;
+            Ok::<_, RedisError>(outcome)
+        }
+        .await;
+        let outcome = self.observe(result).map_err(|error| {
+            tracing::error!(error = %error, "event not stored in Redis");
+            QueueError::Unavailable
+        })?;
+        match outcome.as_str() {
+            "duplicate" => Ok(Accepted::Duplicate),
+            "full" => Err(QueueError::Full),
+            "coalesced" => Ok(Accepted::Coalesced),
+            _ => {
+                self.depth.fetch_add(1, Ordering::Relaxed);
+                Ok(Accepted::Queued)
+            }
+        }
+    }
+
+    async fn claim(&self) -> Option<Job> {
+        loop {
+            if let Some(job) = self.lock_local().pop_front() {
+                return Some(job);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                self.wake.notify_waiters();
+                return None;
+            }
+            let read = self.read_new().await;
+            match self.observe(read) {
+                Ok(Some(job)) => {
+                    self.depth
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                            Some(d.saturating_sub(1))
+                        })
+                        .ok();
+                    return Some(job);
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    // Wait a little (or for local work) before asking Redis again.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, job: &Job) {
+        self.finish(job, None).await;
+    }
+
+    async fn retry(&self, job: Job, delay: Duration) {
+        let mut job = job;
+        job.attempt += 1;
+        let held = self.lock_held().get(&job.id).cloned();
+        if let Some(held) = held {
+            // The attempt count is stored first, so a pod that takes the job over after this
+            // pod died counts the failed run.
+            let stored = self
+                .scripts
+                .retry
+                .key(&self.keys.stream)
+                .key(&self.keys.running)
+                .arg(GROUP)
+                .arg(&self.options.consumer)
+                .arg(&held.entry)
+                .arg(job.attempt)
+                .invoke_async::<i64>(&mut self.conn())
+                .await
+                .doing("count a failed attempt");
+            if let Err(error) = self.observe(stored) {
+                tracing::warn!(error = %error, "attempt count not stored; retrying anyway");
+            }
+        }
+        // The entry stays owned (and renewed) during the delay, so the ticket stays locked.
+        tokio::time::sleep(delay).await;
+        if self.lock_held().contains_key(&job.id) {
+            self.lock_local().push_back(job);
+            self.wake.notify_one();
+        }
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str) {
+        tracing::error!(
+            ticket_id = %job.event.ticket_id,
+            attempt = job.attempt,
+            "job failed for good; moved to the dead-letter stream"
+        );
+        self.finish(job, Some(error)).await;
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.options.max_attempts
+    }
+
+    fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    fn is_accepting(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.healthy.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    fn unfinished(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .lock_held()
+            .values()
+            .map(|h| h.ticket.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// `[[stream, [[id, [field, value, …]], …]]]` (an `XREADGROUP` reply) as (id, ticket) pairs.
+fn stream_entries(reply: &Value) -> Vec<(String, String)> {
+    match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .flat_map(|stream| match stream {
+                Value::Array(parts) if parts.len() == 2 => entry_list(&parts[1]),
+                _ => Vec::new(),
+            })
+            .collect(),
+        Value::Map(streams) => streams.iter().flat_map(|(_, v)| entry_list(v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[[id, [field, value, …]], …]` as (id, ticket) pairs; deleted entries (nil) are skipped.
+fn entry_list(value: &Value) -> Vec<(String, String)> {
+    let Value::Array(entries) = value else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let id = text(parts.first()?)?;
+            let fields = field_pairs(parts.get(1)?);
+            let ticket = fields.get("ticket")?.clone();
+            Some((id, ticket))
+        })
+        .collect()
+}
+
+fn field_pairs(value: &Value) -> HashMap<String, String> {
+    match value {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
+            .collect(),
+        Value::Map(items) => items
+            .iter()
+            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// What the queue holds, for `deskhook queue stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueStats {
+    /// Events waiting to run.
+    pub waiting: u64,
+    /// Jobs being run (or waiting for a retry) by some pod.
+    pub running: u64,
+    pub dead_letters: u64,
+    /// Consumers (pods) of the group with how many jobs each holds and their idle time.
+    pub consumers: Vec<ConsumerStats>,
+}
+
+/// One consumer of the group.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsumerStats {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+/// One job of the dead-letter stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    /// The dead-letter stream entry id, for `deskhook queue replay`.
+    pub id: String,
+    pub ticket_id: String,
+    pub event_type: Option<String>,
+    pub job_id: Option<u64>,
+    pub attempts: u64,
+    pub error: String,
+    pub failed_at_ms: u64,
+    pub consumer: String,
+}
+
+/// The result of replaying one dead letter.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replayed {
+    pub id: String,
+    /// `queued`, `coalesced` (a newer event for the ticket waits and covers it), `missing`
+    /// or `unreadable`.
+    pub outcome: String,
+}
+
+/// Inspection and repair of a Redis queue from the command line, without running workers.
+pub struct QueueAdmin {
+    connection: ConnectionManager,
+    keys: Keys,
+}
+
+impl QueueAdmin {
+    pub fn new(redis: &Redis) -> Self {
+        Self {
+            connection: redis.connection(),
+            keys: Keys::new(redis),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, RedisError> {
+        let mut conn = self.connection.clone();
+        let (waiting, dead): (u64, u64) = redis::pipe()
+            .cmd("HLEN")
+            .arg(&self.keys.pending)
+            .cmd("XLEN")
+            .arg(&self.keys.dead)
+            .query_async(&mut conn)
+            .await
+            .doing("read the queue sizes")?;
+        let consumers: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .query_async(&mut conn)
+            .await;
+        let consumers = match consumers {
+            Ok(Value::Array(list)) => list
+                .iter()
+                .filter_map(|c| {
+                    let fields = field_pairs(c);
+                    Some(ConsumerStats {
+                        name: fields.get("name")?.clone(),
+                        pending: fields.get("pending")?.parse().ok()?,
+                        idle_ms: fields.get("idle")?.parse().ok()?,
+                    })
+                })
+                .collect(),
+            // No stream or group yet: nothing has been queued.
+            Ok(_) => Vec::new(),
+            Err(e) if e.code() == Some("NOGROUP") || e.code() == Some("ERR") => Vec::new(),
+            Err(e) => return Err(RedisError::new("list the consumers", &e)),
+        };
+        // Every entry a consumer holds is a job being run or waiting for its retry.
+        let running = consumers.iter().map(|c| c.pending).sum();
+        Ok(QueueStats {
+            waiting,
+            running,
+            dead_letters: dead,
+            consumers,
+        })
+    }
+
+    /// The oldest `limit` dead letters.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, RedisError> {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&self.keys.dead)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut self.connection.clone())
+            .await
+            .doing("read the dead-letter stream")?;
+        let Value::Array(entries) = reply else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let Value::Array(parts) = entry else {
+                    return None;
+                };
+                let id = text(parts.first()?)?;
+                let fields = field_pairs(parts.get(1)?);
+                let job: Option<StoredJob> =
+                    fields.get("job").and_then(|j| serde_json::from_str(j).ok());
+                let number = |name: &str| fields.get(name).and_then(|v| v.parse().ok());
+                Some(DeadLetter {
+                    id,
+                    ticket_id: fields.get("ticket").cloned().unwrap_or_default(),
+                    event_type: job.as_ref().map(|j| j.event_type.clone()),
+                    job_id: job.as_ref().map(|j| j.id),
+                    attempts: number("attempts").unwrap_or(0),
+                    error: fields.get("error").cloned().unwrap_or_default(),
+                    failed_at_ms: number("failed_at").unwrap_or(0),
+                    consumer: fields.get("consumer").cloned().unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Puts one dead letter back on the queue.
+    pub async fn replay(&self, id: &str) -> Result<Replayed, RedisError> {
+        let outcome: String = redis::Script::new(REPLAY)
+            .key(&self.keys.dead)
+            .key(&self.keys.pending)
+            .key(&self.keys.queued)
+            .key(&self.keys.stream)
+            .arg(id)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .doing("replay a dead letter")?;
+        Ok(Replayed {
+            id: id.to_owned(),
+            outcome,
+        })
+    }
+
+    /// Puts every dead letter back on the queue, oldest first.
+    pub async fn replay_all(&self) -> Result<Vec<Replayed>, RedisError> {
+        let mut replayed = Vec::new();
+        loop {
+            let batch = self.dead_letters(100).await?;
+            if batch.is_empty() {
+                return Ok(replayed);
+            }
+            for letter in batch {
+                replayed.push(self.replay(&letter.id).await?);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_stored_job_round_trips_with_its_identity() {
+        let event = TicketEvent::new(
+            "198709000438366101".into(),
+            "Ticket_Update".into(),
+            Some("1".into()),
+            Some(1_714_560_000_000),
+            json!({"id": 198709000438366101u64, "subject": "é"}),
+        );
+        let text = serde_json::to_string(&StoredJob::new(42, &event)).unwrap();
+        let job = serde_json::from_str::<StoredJob>(&text)
+            .unwrap()
+            .into_job(3);
+        assert_eq!(job.id, 42);
+        assert_eq!(job.attempt, 3);
+        assert_eq!(job.event, event);
+    }
+
+    #[test]
+    fn entries_are_read_from_both_protocol_shapes() {
+        let entry = |id: &str, ticket: &str| {
+            Value::Array(vec![
+                Value::BulkString(id.into()),
+                Value::Array(vec![
+                    Value::BulkString(b"ticket".to_vec()),
+                    Value::BulkString(ticket.into()),
+                ]),
+            ])
+        };
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"deskhook:stream".to_vec()),
+            Value::Array(vec![entry("1-0", "7"), Value::Nil, entry("2-0", "8")]),
+        ])]);
+        assert_eq!(
+            stream_entries(&reply),
+            [
+                ("1-0".to_owned(), "7".to_owned()),
+                ("2-0".to_owned(), "8".to_owned())
+            ]
+        );
+        assert!(stream_entries(&Value::Nil).is_empty());
+    }
+}

@@ -1,0 +1,373 @@
+//! The Redis queue backend with a real `redis-server` and two or more real `deskhook serve`
+//! processes against the fake Zoho: exactly one run per distinct event, no job lost when a
+//! process is killed, no acknowledged event lost when Redis crashes, dead letters and their
+//! replay, and one token refresh for the whole deployment.
+//!
+//! Skipped (with a message) where `redis-server` is not installed, except in CI.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::fake_zoho::{self, FakeZoho, Fault};
+use support::intake::{SECRET, hmac_hex};
+use support::process::{BIN, Deskhook, TempDir, serve_command};
+use support::redis::RedisServer;
+
+/// Longest wait for the processes to work through a test's events.
+const DRAIN: Duration = Duration::from_secs(120);
+
+/// Builds a configuration from the reference one, on the Redis backend.
+fn config(dir: &TempDir, flags: Value, redis: Value) -> PathBuf {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/webhookautomation.yaml");
+    let mut document: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let spec = &mut document["spec"];
+    spec["automation"] = flags;
+    spec["queue"]["backend"] = json!("redis");
+    spec["queue"]["redis"] = redis;
+    spec["zoho"]["orgId"] = json!(fake_zoho::ORG_ID);
+    dir.write("automation.yaml", &serde_yaml::to_string(&document).unwrap())
+}
+
+fn read_only() -> Value {
+    json!({"dispatch": false, "link": false})
+}
+
+/// `deskhook serve` as pod `pod`, with Zoho at the fake and the queue in `redis`.
+fn pod(config: &PathBuf, fake: &FakeZoho, redis: &RedisServer, pod: &str) -> tokio::process::Command {
+    let mut command = serve_command(Some(config));
+    command
+        .env("ZOHO_WEBHOOK_SECRET", SECRET)
+        .env("ZOHO_CLIENT_ID", fake_zoho::CLIENT_ID)
+        .env("ZOHO_CLIENT_SECRET", fake_zoho::CLIENT_SECRET)
+        .env("ZOHO_REFRESH_TOKEN", fake_zoho::REFRESH_TOKEN)
+        .env("DESKHOOK_ZOHO_ACCOUNTS_URL", fake.url())
+        .env("DESKHOOK_ZOHO_DESK_URL", fake.url())
+        .env("DESKHOOK_ZOHO_CRM_URL", fake.url())
+        .env("DESKHOOK_REDIS_URL", redis.url())
+        .env("POD_NAME", pod)
+        .env("NO_PROXY", "127.0.0.1,localhost");
+    command
+}
+
+/// A fake with `count` tickets (ids `9000000000000001`…) of the reference scenario: in
+/// Contact, from a candidate whose deal's documents the CMA refused, so the `refus-cma` rule
+/// moves each to "Refus CMA" and links the deal.
+async fn fake_with_tickets(count: usize) -> (FakeZoho, Vec<String>) {
+    let fake = FakeZoho::start().await;
+    for (id, name) in [("1", "Contact"), ("2", "DOC"), ("3", "FACTURATION"), ("4", "Refus CMA")] {
+        fake.add_department(id, name);
+    }
+    fake.add_contact(
+        json!({"id": "4150868000000000001", "Email": "zoe.martin@example.fr", "First_Name": "Zoé"}),
+    );
+    fake.add_deal(json!({
+        "id": "4150868000001234567",
+        "Deal_Name": "Zoé Martin - Uber 20€",
+        "Stage": "GAGNÉ",
+        "Amount": 20,
+        "Evalbox": "Refusé CMA",
+        "Closing_Date": "2026-10-01",
+        "Contact_Name": {"id": "4150868000000000001", "name": "Zoé Martin"}
+    }));
+    let ids: Vec<String> = (1..=count).map(|n| format!("{}", 9_000_000_000_000_000u64 + n as u64)).collect();
+    for id in &ids {
+        fake.add_ticket(json!({
+            "id": id,
+            "ticketNumber": id[12..],
+            "subject": "Mon dossier d'inscription",
+            "status": "Open",
+            "statusType": "Open",
+            "departmentId": "1",
+            "email": "zoe.martin@example.fr",
+            "modifiedTime": "2026-11-20T10:00:00.000Z",
+            "cf": {"cf_opportunite": null}
+        }));
+        fake.add_thread(
+            id,
+            json!({
+                "id": format!("{id}1"),
+                "direction": "in",
+                "channel": "EMAIL",
+                "fromEmailAddress": "Zoé Martin <zoe.martin@example.fr>",
+                "content": "<div>Bonjour, où en est mon dossier ? Merci</div>",
+                "contentType": "html",
+                "createdTime": "2026-11-20T10:00:00.000Z",
+                "author": {"name": "Zoé Martin", "email": "zoe.martin@example.fr", "type": "END_USER"}
+            }),
+        );
+    }
+    (fake, ids)
+}
+
+/// The delivery of one event for `ticket`: the same ticket gives the same bytes.
+fn delivery(ticket: &str) -> Vec<u8> {
+    format!(
+        r#"[{{"eventType":"Ticket_Update","eventTime":"1764000000000","orgId":"{org}","payload":{{"id":"{ticket}","departmentId":"1"}}}}]"#,
+        org = fake_zoho::ORG_ID
+    )
+    .into_bytes()
+}
+
+/// Delivers `bodies` to the processes in turn, 32 at a time; returns each answer's status
+/// and JSON, in order.
+async fn deliver_all(pods: &[&Deskhook], bodies: Vec<Vec<u8>>) -> Vec<(u16, Value)> {
+    let client = support::intake::client();
+    let targets: Vec<String> = pods.iter().map(|p| p.url("/webhook/zoho-desk")).collect();
+    futures::stream::iter(bodies.into_iter().enumerate())
+        .map(|(i, body)| {
+            let client = client.clone();
+            let url = targets[i % targets.len()].clone();
+            async move {
+                let signature = hmac_hex(SECRET, &body);
+                let reply = support::intake::post(
+                    &client,
+                    &url,
+                    body,
+                    &[(support::intake::SIGNATURE_HEADER, &signature)],
+                )
+                .await;
+                (reply.status, reply.json)
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await
+}
+
+/// Calls of `op` per ticket id (the path's fourth segment), counting only answered ones.
+fn per_ticket(fake: &FakeZoho, op: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for call in fake.calls_to(op) {
+        if call.status == 0 {
+            continue;
+        }
+        if let Some(id) = call.path.split('/').nth(4) {
+            *counts.entry(id.to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Waits, at most [`DRAIN`], until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `deskhook queue …` against `redis`, parsed as JSON.
+async fn queue_cli(redis: &RedisServer, args: &[&str]) -> Value {
+    let output = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("DESKHOOK_REDIS_URL", redis.url())
+        .arg("queue")
+        .args(args)
+        .arg("--json")
+        .output()
+        .await
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "deskhook queue {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_with_duplicates_runs_each_distinct_event_exactly_once() {
+    let Some(redis) = RedisServer::start("a_burst_with_duplicates_runs_each_distinct_event_exactly_once") else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(800).await;
+    let dir = TempDir::new("redis-burst");
+    let config = config(&dir, read_only(), json!({"claimIdleSeconds": 5}));
+    let a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
+
+    // 1,000 deliveries: 800 distinct events and 200 repeats (20 %), interleaved.
+    let mut order: Vec<usize> = (0..1000).collect();
+    order.sort_by_key(|i| (i * 7919) % 1000);
+    let bodies: Vec<Vec<u8>> = order.iter().map(|i| delivery(&ids[i % 800])).collect();
+    let answers = deliver_all(&[&a, &b], bodies).await;
+    let refused: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(refused.is_empty(), "every delivery is stored: {} refused, first {:?}", refused.len(), refused.first());
+    let duplicates = answers
+        .iter()
+        .filter(|(_, json)| json["events"][0]["status"] == "duplicate")
+        .count();
+    assert_eq!(duplicates, 200, "each repeat is recognised whichever pod it reaches");
+
+    until("one run per distinct event", || per_ticket(&fake, "get_ticket").len() == 800).await;
+    // Anything run twice would show up now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = per_ticket(&fake, "get_ticket");
+    let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(repeated.is_empty(), "runs repeated: {repeated:?}");
+    let stats = queue_cli(&redis, &["stats"]).await;
+    assert_eq!(stats["waiting"], 0, "{stats}");
+    assert_eq!(stats["dead_letters"], 0, "{stats}");
+    let ran_on = |p: &Deskhook| p.output.events_with("workflow finished").len();
+    assert!(ran_on(&a) > 0 && ran_on(&b) > 0, "both pods worked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_process_loses_no_job_and_repeats_no_write() {
+    let Some(redis) = RedisServer::start("a_killed_process_loses_no_job_and_repeats_no_write") else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(24).await;
+    // Slow calls, so the kill lands while jobs are half done.
+    fake.set_latency(Duration::from_millis(150));
+    let dir = TempDir::new("redis-kill");
+    let config = config(
+        &dir,
+        json!({"dispatch": true, "link": true}),
+        json!({"claimIdleSeconds": 2}),
+    );
+    let mut a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
+    let answers = deliver_all(&[&a, &b], ids.iter().map(|id| delivery(id)).collect()).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+
+    until("the first writes", || fake.calls_to("move_ticket").len() >= 4).await;
+    a.kill().await;
+
+    until("every ticket moved and linked", || {
+        let moved = per_ticket(&fake, "move_ticket");
+        let linked = per_ticket(&fake, "update_ticket");
+        ids.iter().all(|id| moved.contains_key(id) && linked.contains_key(id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for op in ["move_ticket", "update_ticket"] {
+        let repeated: Vec<_> = per_ticket(&fake, op).into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(repeated.is_empty(), "{op} repeated: {repeated:?}");
+    }
+    assert!(
+        !b.output.events_with("took over a job its pod stopped renewing").is_empty(),
+        "the surviving pod took the killed pod's jobs over:\n{}",
+        b.output.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_crash_loses_no_acknowledged_event() {
+    let Some(mut redis) = RedisServer::start("a_redis_crash_loses_no_acknowledged_event") else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(120).await;
+    let dir = TempDir::new("redis-restart");
+    let config = config(&dir, read_only(), json!({"claimIdleSeconds": 2}));
+    let a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
+
+    let first = deliver_all(&[&a, &b], ids[..60].iter().map(|id| delivery(id)).collect()).await;
+    // SIGKILL: nothing is flushed on the way down; only what was fsynced survives.
+    redis.kill();
+    let during = deliver_all(&[&a, &b], ids[60..90].iter().map(|id| delivery(id)).collect()).await;
+    assert!(
+        during.iter().all(|(status, _)| *status == 503),
+        "with Redis down every delivery is refused, never acknowledged: {during:?}"
+    );
+    redis.start_again();
+    let ready = |p: &Deskhook| {
+        let p = p.addr;
+        async move {
+            support::intake::get(&support::intake::client(), &format!("http://{p}/ready"), &[])
+                .await
+                .status
+                == 200
+        }
+    };
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while !(ready(&a).await && ready(&b).await) {
+        assert!(tokio::time::Instant::now() < deadline, "pods ready again after Redis came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = deliver_all(&[&a, &b], ids[90..].iter().map(|id| delivery(id)).collect()).await;
+
+    let acknowledged: Vec<&String> = ids[..60]
+        .iter()
+        .zip(&first)
+        .chain(ids[90..].iter().zip(&after))
+        .filter(|(_, (status, _))| *status == 200)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(acknowledged.len(), 90, "Redis was up for these");
+    until("a run for every acknowledged event", || {
+        let runs = per_ticket(&fake, "get_ticket");
+        acknowledged.iter().all(|id| runs.contains_key(*id))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanently_failing_job_is_dead_lettered_and_replay_runs_it() {
+    let Some(redis) = RedisServer::start("a_permanently_failing_job_is_dead_lettered_and_replay_runs_it") else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(1).await;
+    let dir = TempDir::new("redis-dead");
+    let config = config(
+        &dir,
+        read_only(),
+        json!({"claimIdleSeconds": 5, "maxAttempts": 2}),
+    );
+    // Two attempts of three tries each, all refused.
+    fake.fail_next("get_ticket", 6, Fault::ServerError);
+    let a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let answers = deliver_all(&[&a], vec![delivery(&ids[0])]).await;
+    assert_eq!(answers[0].0, 200);
+
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let letters = loop {
+        let letters = queue_cli(&redis, &["dead-letters"]).await;
+        if letters.as_array().is_some_and(|l| !l.is_empty()) {
+            break letters;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let letter = &letters[0];
+    assert_eq!(letter["ticket_id"], ids[0].as_str());
+    assert_eq!(letter["attempts"], 2);
+    assert!(letter["error"].as_str().unwrap().contains("fetch"), "{letter}");
+    assert!(!letter["error"].as_str().unwrap().contains(fake_zoho::REFRESH_TOKEN));
+
+    let replayed = queue_cli(&redis, &["replay", letter["id"].as_str().unwrap()]).await;
+    assert_eq!(replayed[0]["outcome"], "queued", "{replayed}");
+    until("the replayed job to run", || {
+        fake.calls_to("get_ticket").iter().any(|c| c.status == 200)
+    })
+    .await;
+    let letters = queue_cli(&redis, &["dead-letters"]).await;
+    assert_eq!(letters, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh() {
+    let Some(redis) = RedisServer::start("fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh") else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(50).await;
+    // A slow token endpoint, so both processes want a token while the first refresh runs.
+    fake.set_token_latency(Duration::from_millis(500));
+    let dir = TempDir::new("redis-token");
+    let config = config(&dir, read_only(), json!({"claimIdleSeconds": 5}));
+    let a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
+    let answers = deliver_all(&[&a, &b], ids.iter().map(|id| delivery(id)).collect()).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+    until("every job to run", || per_ticket(&fake, "get_ticket").len() == 50).await;
+    assert_eq!(fake.token_refreshes(), 1, "one refresh for the whole deployment");
+}
