@@ -35,9 +35,13 @@ pub fn spawn_workers(context: &WorkerContext, count: usize) -> Vec<tokio::task::
 /// Delay before attempt `attempt + 1`: exponential from 1 s, with jitter so retries of a
 /// burst do not all land at once.
 pub fn retry_delay(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher, RandomState};
     let base = Duration::from_secs(1u64 << attempt.clamp(1, 6).saturating_sub(1));
-    let jitter = Duration::from_millis(u64::from(std::process::id() ^ attempt) % 250);
-    base + jitter
+    // Randomly keyed per call: failures of many jobs on many pods spread out, not in step.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    let spread = (base.as_millis() as u64 / 2).clamp(250, 999);
+    base + Duration::from_millis(hasher.finish() % spread)
 }
 
 impl WorkerContext {

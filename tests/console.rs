@@ -261,10 +261,18 @@ async fn the_list_is_paged() {
     );
     assert_eq!(first.decision_ids().len(), 25);
     assert_eq!(first.decision_ids()[0], "31");
-    assert!(first.body.contains("href=\"/console?page=2#decisions\">Older →</a>"));
+    assert!(
+        first
+            .body
+            .contains("href=\"/console?page=2#decisions\">Older →</a>")
+    );
     let second = page(&server, "/console?page=2").await;
     assert_eq!(second.decision_ids(), ["6", "5", "4", "3", "2", "1"]);
-    assert!(second.body.contains("href=\"/console?page=1#decisions\">← Newer</a>"));
+    assert!(
+        second
+            .body
+            .contains("href=\"/console?page=1#decisions\">← Newer</a>")
+    );
     // A page past the end shows the last one; nonsense shows the first.
     assert_eq!(
         page(&server, "/console?page=99").await.decision_ids().len(),

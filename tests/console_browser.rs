@@ -311,7 +311,10 @@ async fn the_console_works_in_a_real_browser() {
         !filtered.contains("Mon dossier d'inscription"),
         "{filtered}"
     );
-    browser.resize(1440, 900).await;
+    // The reply suggestion opens in place.
+    browser.click("td.reply summary").await;
+    let reply = browser.text("td.reply pre").await;
+    assert!(reply.starts_with("Bonjour Lucas"), "{reply}");
     browser.screenshot("console-filtered.png").await;
 
     // One decision in full.

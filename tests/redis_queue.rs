@@ -32,7 +32,12 @@ fn config(dir: &TempDir, flags: Value, redis: Value) -> PathBuf {
     spec["queue"]["backend"] = json!("redis");
     spec["queue"]["redis"] = redis;
     spec["zoho"]["orgId"] = json!(fake_zoho::ORG_ID);
-    dir.write("automation.yaml", &serde_yaml::to_string(&document).unwrap())
+    // The bursts come from one address; the per-client rate limit is not under test here.
+    spec["limits"] = json!({"rateLimit": {"enabled": false, "requestsPerSecond": 1, "burst": 1}});
+    dir.write(
+        "automation.yaml",
+        &serde_yaml::to_string(&document).unwrap(),
+    )
 }
 
 fn read_only() -> Value {
@@ -40,7 +45,12 @@ fn read_only() -> Value {
 }
 
 /// `deskhook serve` as pod `pod`, with Zoho at the fake and the queue in `redis`.
-fn pod(config: &PathBuf, fake: &FakeZoho, redis: &RedisServer, pod: &str) -> tokio::process::Command {
+fn pod(
+    config: &PathBuf,
+    fake: &FakeZoho,
+    redis: &RedisServer,
+    pod: &str,
+) -> tokio::process::Command {
     let mut command = serve_command(Some(config));
     command
         .env("ZOHO_WEBHOOK_SECRET", SECRET)
@@ -61,7 +71,12 @@ fn pod(config: &PathBuf, fake: &FakeZoho, redis: &RedisServer, pod: &str) -> tok
 /// moves each to "Refus CMA" and links the deal.
 async fn fake_with_tickets(count: usize) -> (FakeZoho, Vec<String>) {
     let fake = FakeZoho::start().await;
-    for (id, name) in [("1", "Contact"), ("2", "DOC"), ("3", "FACTURATION"), ("4", "Refus CMA")] {
+    for (id, name) in [
+        ("1", "Contact"),
+        ("2", "DOC"),
+        ("3", "FACTURATION"),
+        ("4", "Refus CMA"),
+    ] {
         fake.add_department(id, name);
     }
     fake.add_contact(
@@ -76,7 +91,9 @@ async fn fake_with_tickets(count: usize) -> (FakeZoho, Vec<String>) {
         "Closing_Date": "2026-10-01",
         "Contact_Name": {"id": "4150868000000000001", "name": "Zoé Martin"}
     }));
-    let ids: Vec<String> = (1..=count).map(|n| format!("{}", 9_000_000_000_000_000u64 + n as u64)).collect();
+    let ids: Vec<String> = (1..=count)
+        .map(|n| format!("{}", 9_000_000_000_000_000u64 + n as u64))
+        .collect();
     for id in &ids {
         fake.add_ticket(json!({
             "id": id,
@@ -159,7 +176,10 @@ fn per_ticket(fake: &FakeZoho, op: &str) -> HashMap<String, usize> {
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DRAIN;
     while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -185,7 +205,9 @@ async fn queue_cli(redis: &RedisServer, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_with_duplicates_runs_each_distinct_event_exactly_once() {
-    let Some(redis) = RedisServer::start("a_burst_with_duplicates_runs_each_distinct_event_exactly_once") else {
+    let Some(redis) =
+        RedisServer::start("a_burst_with_duplicates_runs_each_distinct_event_exactly_once")
+    else {
         return;
     };
     let (fake, ids) = fake_with_tickets(800).await;
@@ -199,15 +221,29 @@ async fn a_burst_with_duplicates_runs_each_distinct_event_exactly_once() {
     order.sort_by_key(|i| (i * 7919) % 1000);
     let bodies: Vec<Vec<u8>> = order.iter().map(|i| delivery(&ids[i % 800])).collect();
     let answers = deliver_all(&[&a, &b], bodies).await;
-    let refused: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
-    assert!(refused.is_empty(), "every delivery is stored: {} refused, first {:?}", refused.len(), refused.first());
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "every delivery is stored: {} refused, first {:?}",
+        refused.len(),
+        refused.first()
+    );
     let duplicates = answers
         .iter()
         .filter(|(_, json)| json["events"][0]["status"] == "duplicate")
         .count();
-    assert_eq!(duplicates, 200, "each repeat is recognised whichever pod it reaches");
+    assert_eq!(
+        duplicates, 200,
+        "each repeat is recognised whichever pod it reaches"
+    );
 
-    until("one run per distinct event", || per_ticket(&fake, "get_ticket").len() == 800).await;
+    until("one run per distinct event", || {
+        per_ticket(&fake, "get_ticket").len() == 800
+    })
+    .await;
     // Anything run twice would show up now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let runs = per_ticket(&fake, "get_ticket");
@@ -222,7 +258,8 @@ async fn a_burst_with_duplicates_runs_each_distinct_event_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_process_loses_no_job_and_repeats_no_write() {
-    let Some(redis) = RedisServer::start("a_killed_process_loses_no_job_and_repeats_no_write") else {
+    let Some(redis) = RedisServer::start("a_killed_process_loses_no_job_and_repeats_no_write")
+    else {
         return;
     };
     let (fake, ids) = fake_with_tickets(24).await;
@@ -239,22 +276,31 @@ async fn a_killed_process_loses_no_job_and_repeats_no_write() {
     let answers = deliver_all(&[&a, &b], ids.iter().map(|id| delivery(id)).collect()).await;
     assert!(answers.iter().all(|(status, _)| *status == 200));
 
-    until("the first writes", || fake.calls_to("move_ticket").len() >= 4).await;
+    until("the first writes", || {
+        fake.calls_to("move_ticket").len() >= 4
+    })
+    .await;
     a.kill().await;
 
     until("every ticket moved and linked", || {
         let moved = per_ticket(&fake, "move_ticket");
         let linked = per_ticket(&fake, "update_ticket");
-        ids.iter().all(|id| moved.contains_key(id) && linked.contains_key(id))
+        ids.iter()
+            .all(|id| moved.contains_key(id) && linked.contains_key(id))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for op in ["move_ticket", "update_ticket"] {
-        let repeated: Vec<_> = per_ticket(&fake, op).into_iter().filter(|(_, n)| *n > 1).collect();
+        let repeated: Vec<_> = per_ticket(&fake, op)
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect();
         assert!(repeated.is_empty(), "{op} repeated: {repeated:?}");
     }
     assert!(
-        !b.output.events_with("took over a job its pod stopped renewing").is_empty(),
+        !b.output
+            .events_with("took over a job its pod stopped renewing")
+            .is_empty(),
         "the surviving pod took the killed pod's jobs over:\n{}",
         b.output.text()
     );
@@ -274,7 +320,11 @@ async fn a_redis_crash_loses_no_acknowledged_event() {
     let first = deliver_all(&[&a, &b], ids[..60].iter().map(|id| delivery(id)).collect()).await;
     // SIGKILL: nothing is flushed on the way down; only what was fsynced survives.
     redis.kill();
-    let during = deliver_all(&[&a, &b], ids[60..90].iter().map(|id| delivery(id)).collect()).await;
+    let during = deliver_all(
+        &[&a, &b],
+        ids[60..90].iter().map(|id| delivery(id)).collect(),
+    )
+    .await;
     assert!(
         during.iter().all(|(status, _)| *status == 503),
         "with Redis down every delivery is refused, never acknowledged: {during:?}"
@@ -283,15 +333,22 @@ async fn a_redis_crash_loses_no_acknowledged_event() {
     let ready = |p: &Deskhook| {
         let p = p.addr;
         async move {
-            support::intake::get(&support::intake::client(), &format!("http://{p}/ready"), &[])
-                .await
-                .status
+            support::intake::get(
+                &support::intake::client(),
+                &format!("http://{p}/ready"),
+                &[],
+            )
+            .await
+            .status
                 == 200
         }
     };
     let deadline = tokio::time::Instant::now() + DRAIN;
     while !(ready(&a).await && ready(&b).await) {
-        assert!(tokio::time::Instant::now() < deadline, "pods ready again after Redis came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pods ready again after Redis came back"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let after = deliver_all(&[&a, &b], ids[90..].iter().map(|id| delivery(id)).collect()).await;
@@ -313,7 +370,9 @@ async fn a_redis_crash_loses_no_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_permanently_failing_job_is_dead_lettered_and_replay_runs_it() {
-    let Some(redis) = RedisServer::start("a_permanently_failing_job_is_dead_lettered_and_replay_runs_it") else {
+    let Some(redis) =
+        RedisServer::start("a_permanently_failing_job_is_dead_lettered_and_replay_runs_it")
+    else {
         return;
     };
     let (fake, ids) = fake_with_tickets(1).await;
@@ -335,14 +394,25 @@ async fn a_permanently_failing_job_is_dead_lettered_and_replay_runs_it() {
         if letters.as_array().is_some_and(|l| !l.is_empty()) {
             break letters;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no dead letter in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter in time"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let letter = &letters[0];
     assert_eq!(letter["ticket_id"], ids[0].as_str());
     assert_eq!(letter["attempts"], 2);
-    assert!(letter["error"].as_str().unwrap().contains("fetch"), "{letter}");
-    assert!(!letter["error"].as_str().unwrap().contains(fake_zoho::REFRESH_TOKEN));
+    assert!(
+        letter["error"].as_str().unwrap().contains("fetch"),
+        "{letter}"
+    );
+    assert!(
+        !letter["error"]
+            .as_str()
+            .unwrap()
+            .contains(fake_zoho::REFRESH_TOKEN)
+    );
 
     let replayed = queue_cli(&redis, &["replay", letter["id"].as_str().unwrap()]).await;
     assert_eq!(replayed[0]["outcome"], "queued", "{replayed}");
@@ -356,7 +426,9 @@ async fn a_permanently_failing_job_is_dead_lettered_and_replay_runs_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh() {
-    let Some(redis) = RedisServer::start("fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh") else {
+    let Some(redis) =
+        RedisServer::start("fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh")
+    else {
         return;
     };
     let (fake, ids) = fake_with_tickets(50).await;
@@ -368,6 +440,13 @@ async fn fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh() {
     let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
     let answers = deliver_all(&[&a, &b], ids.iter().map(|id| delivery(id)).collect()).await;
     assert!(answers.iter().all(|(status, _)| *status == 200));
-    until("every job to run", || per_ticket(&fake, "get_ticket").len() == 50).await;
-    assert_eq!(fake.token_refreshes(), 1, "one refresh for the whole deployment");
+    until("every job to run", || {
+        per_ticket(&fake, "get_ticket").len() == 50
+    })
+    .await;
+    assert_eq!(
+        fake.token_refreshes(),
+        1,
+        "one refresh for the whole deployment"
+    );
 }

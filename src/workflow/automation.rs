@@ -58,7 +58,11 @@ impl AutomationWorkflow {
         ledger: Arc<dyn StepLedger>,
         rewriter: Option<ReplyRewriter>,
     ) -> Self {
-        Self::with_connection(ZohoConnection::PerSettings(connector), ledger, rewriter)
+        Self::with_connection(
+            ZohoConnection::PerSettings(Box::new(connector)),
+            ledger,
+            rewriter,
+        )
     }
 
     fn with_connection(

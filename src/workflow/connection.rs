@@ -62,7 +62,7 @@ pub struct ZohoConnector {
     access: ZohoAccess,
     metrics: ZohoMetrics,
     /// With the Redis backend: the token and the concurrency limit are shared by every pod.
-    shared: Option<Redis>,
+    shared: Option<Arc<Redis>>,
     current: Mutex<Option<(Portal, ZohoClients)>>,
 }
 
@@ -84,7 +84,7 @@ impl ZohoConnector {
 
     /// Shares the Zoho token and concurrency limit through `redis` with the other pods.
     pub fn with_redis(mut self, redis: Redis) -> Self {
-        self.shared = Some(redis);
+        self.shared = Some(Arc::new(redis));
         self
     }
 
@@ -146,14 +146,14 @@ impl ZohoConnector {
                     options.timeout,
                     self.metrics.clone(),
                     Arc::new(RedisTokenStore::new(
-                        redis.clone(),
+                        Redis::clone(redis),
                         &self.access.credentials,
                     )),
                 ),
             },
         };
         let slots = self.shared.as_ref().map(|redis| {
-            Arc::new(RedisSlots::new(redis.clone(), &portal.org_id)) as Arc<dyn SharedSlots>
+            Arc::new(RedisSlots::new(Redis::clone(redis), &portal.org_id)) as Arc<dyn SharedSlots>
         });
         let clients = ZohoClients::with_shared_slots(
             self.http.clone(),
@@ -177,7 +177,7 @@ pub enum ZohoConnection {
     /// Clients built once (tests, tools).
     Fixed(ZohoClients),
     /// Clients built from each job's settings.
-    PerSettings(ZohoConnector),
+    PerSettings(Box<ZohoConnector>),
 }
 
 impl ZohoConnection {

@@ -76,6 +76,7 @@ fn templates() -> &'static Environment<'static> {
     static TEMPLATES: OnceLock<Environment<'static>> = OnceLock::new();
     TEMPLATES.get_or_init(|| {
         let mut env = Environment::new();
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         for (name, source) in [
             ("base.html", include_str!("templates/base.html")),
             ("steps.html", include_str!("templates/steps.html")),
@@ -131,14 +132,14 @@ fn access_label(access: Access) -> &'static str {
     }
 }
 
-/// The request's access; `Err` with a redirect to the login page when it has none.
-fn check(state: &AppState, headers: &HeaderMap) -> Result<Access, Response> {
+/// The request's access; `None` when it has none and must sign in first.
+fn check(state: &AppState, headers: &HeaderMap) -> Option<Access> {
     let access = session::access(&state.admin_tokens.current(), headers);
-    if access.allowed() {
-        Ok(access)
-    } else {
-        Err(Redirect::to("/console/login").into_response())
-    }
+    access.allowed().then_some(access)
+}
+
+fn to_login() -> Response {
+    Redirect::to("/console/login").into_response()
 }
 
 /// The filters as the templates see them.
@@ -156,9 +157,8 @@ async fn index(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let access = match check(&state, &headers) {
-        Ok(access) => access,
-        Err(login) => return login,
+    let Some(access) = check(&state, &headers) else {
+        return to_login();
     };
     let settings = state.settings.current();
     let decisions = state.decisions.list().await;
@@ -201,9 +201,8 @@ async fn decision(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let access = match check(&state, &headers) {
-        Ok(access) => access,
-        Err(login) => return login,
+    let Some(access) = check(&state, &headers) else {
+        return to_login();
     };
     let found = if id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
         state.decisions.get(&id).await
@@ -243,8 +242,8 @@ async fn export_csv(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(login) = check(&state, &headers) {
-        return login;
+    if check(&state, &headers).is_none() {
+        return to_login();
     }
     let decisions = state.decisions.list().await;
     let filters = Filters::from_query(&query);
@@ -262,8 +261,8 @@ async fn export_json(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(login) = check(&state, &headers) {
-        return login;
+    if check(&state, &headers).is_none() {
+        return to_login();
     }
     let decisions = state.decisions.list().await;
     let filters = Filters::from_query(&query);
