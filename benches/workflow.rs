@@ -10,7 +10,6 @@
 //! (`cargo test --all-targets`) it runs a few tickets without latency as a smoke check.
 
 #[path = "../tests/support/fake_zoho.rs"]
-#[allow(dead_code)]
 mod fake_zoho;
 
 use std::sync::Arc;

@@ -235,10 +235,28 @@ impl Browser {
         std::fs::write(&path, png).expect("the screenshot is written");
         path
     }
+}
 
-    async fn quit(self) {
-        let url = format!("{}/session/{}", self.driver.url, self.session);
-        let _ = self.http.delete(url).timeout(WAIT).send().await;
+impl Drop for Browser {
+    /// Ends the session even when an assertion failed, so chromedriver closes Chromium before
+    /// it is killed itself: a plain blocking request, since `drop` cannot await.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(address) = self.driver.url.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(WAIT));
+        let _ = stream.set_write_timeout(Some(WAIT));
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.session
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
     }
 }
 
@@ -329,6 +347,4 @@ async fn the_console_works_in_a_real_browser() {
     assert!(rules.contains("refus-cma yes"), "{rules}");
     browser.resize(1440, 1900).await;
     browser.screenshot("console-decision.png").await;
-
-    browser.quit().await;
 }

@@ -295,7 +295,8 @@ pub struct QueueSpec {
     #[serde(default = "default_capacity")]
     #[schemars(range(min = 1))]
     pub capacity: u32,
-    /// Workers running the automation concurrently in each pod, from 1 to 256.
+    /// Workers running the automation concurrently in each pod, from 1 to 256. Runs mostly
+    /// wait on Zoho, so twice `zoho.maxConcurrency` keeps the portal's allowance busy.
     #[serde(default = "default_workers")]
     #[schemars(range(min = 1, max = 256))]
     pub workers: u32,
@@ -449,7 +450,7 @@ fn default_capacity() -> u32 {
 }
 
 fn default_workers() -> u32 {
-    4
+    16
 }
 
 fn default_dedupe_window() -> u64 {

@@ -5,7 +5,7 @@
 //! never matches "attestation" (the original system's substring defects). Every function is
 //! linear in its input and input is capped, so hostile text costs bounded time and memory.
 
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::decompose_canonical;
 
 /// Longest text examined, in bytes; the rest of a message is ignored.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -112,6 +112,14 @@ pub fn strip_quoted(text: &str) -> String {
 }
 
 fn is_history_marker(line: &str) -> bool {
+    // Every marker starts with one of these and is short: most lines are rejected unread.
+    let starts_like_marker = line
+        .chars()
+        .next()
+        .is_some_and(|c| matches!(c.to_ascii_lowercase(), '-' | '_' | 'd' | 'f' | 'l' | 'o'));
+    if !starts_like_marker || line.len() > 300 {
+        return false;
+    }
     let folded = fold(line);
     folded.starts_with("-----original message")
         || folded.starts_with("----- message d'origine")
@@ -128,14 +136,22 @@ fn is_history_marker(line: &str) -> bool {
 /// Lower case without accents: `Évalué` → `evalue`, `œuvre` → `oeuvre`.
 pub fn fold(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.nfd() {
+    for c in text.chars() {
+        // ASCII, most of any message, needs no decomposition.
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+            continue;
+        }
         match c {
-            '\u{300}'..='\u{36f}' => {}
             'œ' | 'Œ' => out.push_str("oe"),
             'æ' | 'Æ' => out.push_str("ae"),
             'ß' => out.push_str("ss"),
             '’' | '‘' => out.push('\''),
-            _ => out.extend(c.to_lowercase()),
+            _ => decompose_canonical(c, |part| {
+                if !('\u{300}'..='\u{36f}').contains(&part) {
+                    out.extend(part.to_lowercase());
+                }
+            }),
         }
     }
     out

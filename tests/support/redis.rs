@@ -32,7 +32,10 @@ impl RedisServer {
             if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
                 panic!("{test}: redis-server is not installed, and CI must run the Redis tests");
             }
-            eprintln!(
+            // Written to the stream itself, not through `eprintln!`, which the test harness
+            // captures and hides for a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED {test}: redis-server is not installed (apt-get install redis-server); \
                  CI=true makes this a failure"
             );

@@ -76,7 +76,6 @@ fn templates() -> &'static Environment<'static> {
     static TEMPLATES: OnceLock<Environment<'static>> = OnceLock::new();
     TEMPLATES.get_or_init(|| {
         let mut env = Environment::new();
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         for (name, source) in [
             ("base.html", include_str!("templates/base.html")),
             ("steps.html", include_str!("templates/steps.html")),
