@@ -1,5 +1,5 @@
 # The commands the README shows. `make test` is also what CI runs.
-.PHONY: test run fmt lint chart-check manifests bench
+.PHONY: test run fmt lint chart-check manifests fuzz-check fuzz bench
 
 # The chart checks need the Python packages of tests/chart/requirements.txt and promtool.
 PYTHON ?= python3
@@ -11,6 +11,7 @@ test:
 		cargo test --all-targets; \
 	fi
 	cargo test --doc
+	$(MAKE) fuzz-check
 	$(MAKE) chart-check
 
 run:
@@ -37,3 +38,15 @@ manifests:
 # tables with ratios. BENCH_ARGS passes options to bench/run.py (e.g. --duration 8 --reps 3).
 bench:
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# The fuzz targets (fuzz/, cargo-fuzz layout) must keep building on stable; running them needs
+# cargo-fuzz and a nightly compiler (see fuzz/README.md).
+fuzz-check:
+	cargo check --manifest-path fuzz/Cargo.toml --bins --locked
+
+# A bounded run of every fuzz target (FUZZ_SECONDS each).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for target in $$(cargo fuzz list); do \
+		cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
+	done

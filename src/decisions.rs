@@ -4,15 +4,16 @@
 //! use 0 and a retried job produces one report per attempt. The review console links to a
 //! decision by this id.
 //!
-//! Readers that serve people (the console) use the async [`DecisionLog::list`] and
-//! [`DecisionLog::get`], so a store shared by every pod (Redis) can sit behind them later
-//! without changing its callers; `push` and `recent` stay synchronous for the worker and the
-//! JSON API.
+//! With the Redis backend, reports are also stored in Redis and the console's readers
+//! ([`DecisionLog::list`], [`DecisionLog::get`]) read every pod's from there; `push` and
+//! `recent` stay synchronous (the worker, the JSON API) and the local log is the fallback
+//! while Redis cannot be read.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::shared::decisions::RedisDecisions;
 use crate::workflow::DecisionReport;
 
 /// Reports kept by default.
@@ -31,6 +32,7 @@ pub struct DecisionLog {
     capacity: usize,
     next_id: AtomicU64,
     reports: Mutex<VecDeque<StoredDecision>>,
+    shared: Option<Arc<RedisDecisions>>,
 }
 
 impl DecisionLog {
@@ -39,7 +41,14 @@ impl DecisionLog {
             capacity: capacity.max(1),
             next_id: AtomicU64::new(1),
             reports: Mutex::new(VecDeque::new()),
+            shared: None,
         }
+    }
+
+    /// Also stores every report in Redis, and reads every pod's reports from there.
+    pub fn with_shared(mut self, shared: RedisDecisions) -> Self {
+        self.shared = Some(Arc::new(shared));
+        self
     }
 
     /// How many reports are kept at most.
@@ -48,6 +57,14 @@ impl DecisionLog {
     }
 
     pub fn push(&self, report: DecisionReport) {
+        if let Some(shared) = self.shared.clone() {
+            let copy = report.clone();
+            tokio::spawn(async move {
+                if let Err(error) = shared.push(&copy).await {
+                    tracing::warn!(error = %error, "decision report kept in this pod only");
+                }
+            });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         if reports.len() == self.capacity {
@@ -70,14 +87,33 @@ impl DecisionLog {
             .collect()
     }
 
-    /// Every retained decision with its id, newest first.
+    /// Every retained decision with its id, newest first: every pod's with Redis.
     pub async fn list(&self) -> Vec<StoredDecision> {
+        if let Some(shared) = &self.shared {
+            match shared.list().await {
+                Ok(entries) => {
+                    return entries
+                        .into_iter()
+                        .map(|(id, report)| StoredDecision {
+                            id,
+                            report: Arc::new(report),
+                        })
+                        .collect();
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "showing this pod's decisions only");
+                }
+            }
+        }
         let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports.iter().cloned().collect()
     }
 
     /// The decision stored under `id`, while it is retained.
     pub async fn get(&self, id: &str) -> Option<StoredDecision> {
+        if self.shared.is_some() {
+            return self.list().await.into_iter().find(|d| d.id == id);
+        }
         let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports.iter().find(|d| d.id == id).cloned()
     }

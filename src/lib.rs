@@ -3,7 +3,11 @@
 //! # How one event flows
 //!
 //! ```text
-//! Zoho Desk ──POST──▶ http::webhook ──▶ verify (Zoho JWT | HMAC) on the raw bytes
+//! Zoho Desk ──POST──▶ http::listener (header timeout and size, connection cap)
+//!                       ▼
+//!                     http::guard (allowlist, per-client budgets, body limit and deadline)
+//!                       ▼
+//!                     http::webhook ──▶ verify (Zoho JWT | HMAC | Standard Webhooks, replays)
 //!                                        ▼
 //!                                     event::parse_delivery → TicketEvent[]
 //!                                        ▼
@@ -20,8 +24,9 @@
 //! Every module owns one noun: `crd` the resource types, `config` the validated settings and
 //! their sources, `verify` signatures, `event` payload parsing, `queue` the hand-off to
 //! workers, `workflow` the automation, `http` the routers, `kube` the resource watcher and
-//! its status, `metrics` and `telemetry` observability, `server` the wiring of a running
-//! process.
+//! its status, `limits` the per-client budgets of the public listener, `rejections` the
+//! redacted log of refused requests, `metrics` and `telemetry` observability, `server` the
+//! wiring of a running process.
 #![forbid(unsafe_code)]
 
 pub mod config;

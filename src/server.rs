@@ -23,6 +23,7 @@ use crate::http::{self, AppState};
 use crate::kube::{KubeError, KubeOptions};
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueue, Queue, RedisQueue, RedisQueueOptions};
+use crate::shared::decisions::RedisDecisions;
 use crate::shared::ledger::RedisLedger;
 use crate::shared::reconcile::Reconciler;
 use crate::shared::{Redis, RedisSetupError};
@@ -325,7 +326,14 @@ async fn launch(
         )
         .spawn();
     }
-    let decisions = Arc::new(DecisionLog::new(options.decisions_retained));
+    let mut decisions = DecisionLog::new(options.decisions_retained);
+    if let Some(redis) = &redis {
+        decisions = decisions.with_shared(RedisDecisions::new(
+            redis.clone(),
+            options.decisions_retained,
+        ));
+    }
+    let decisions = Arc::new(decisions);
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         settings: settings_handle.clone(),

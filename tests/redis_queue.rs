@@ -450,3 +450,39 @@ async fn fifty_concurrent_jobs_across_two_processes_cause_one_token_refresh() {
         "one refresh for the whole deployment"
     );
 }
+
+#[tokio::test]
+async fn every_pods_console_shows_every_pods_decisions() {
+    let Some(redis) = RedisServer::start("every_pods_console_shows_every_pods_decisions") else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(2).await;
+    let dir = TempDir::new("redis-console");
+    let config = config(&dir, read_only(), json!({}));
+    let a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
+    // One event reaches each pod.
+    let answers = deliver_all(&[&a, &b], ids.iter().map(|id| delivery(id)).collect()).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    for console in [&a, &b] {
+        let seen = support::intake::eventually("both decisions in this pod's console", || async {
+            let reply = support::intake::get(
+                &console.client,
+                &console.admin_url("/console/export.json"),
+                &[],
+            )
+            .await;
+            let tickets: Vec<String> = reply.json["decisions"]
+                .as_array()?
+                .iter()
+                .filter_map(|d| d["report"]["ticket_id"].as_str().map(str::to_owned))
+                .collect();
+            ids.iter().all(|id| tickets.contains(id)).then_some(tickets)
+        })
+        .await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+}

@@ -133,8 +133,10 @@ mod tests {
 
     #[test]
     fn bad_limits_are_refused() {
-        let mut limits = LimitsSpec::default();
-        limits.trusted_proxies = vec!["10.0.0.0/8".into(), "nope".into()];
+        let limits = LimitsSpec {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "nope".into()],
+            ..LimitsSpec::default()
+        };
         assert_eq!(
             validate(&limits),
             Err(InvalidSettings::Network {
@@ -148,8 +150,10 @@ mod tests {
             validate(&limits),
             Err(InvalidSettings::RateLimit("rateLimit"))
         );
-        let mut limits = LimitsSpec::default();
-        limits.max_header_bytes = 10;
+        let limits = LimitsSpec {
+            max_header_bytes: 10,
+            ..LimitsSpec::default()
+        };
         assert!(matches!(validate(&limits), Err(InvalidSettings::Limit(_))));
     }
 }

@@ -99,22 +99,22 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         response
     };
 
-    if let Some(client) = client {
-        if let Err(denial) = state.guard.admit(client, &settings) {
-            let (response, reason) = match denial {
-                Denial::SourceNotAllowed => (
-                    reply::error(StatusCode::FORBIDDEN, "Forbidden"),
-                    Reason::SourceNotAllowed,
-                ),
-                Denial::RateLimited(wait) => (too_many(wait), Reason::RateLimited),
-                Denial::TooManyFailures(wait) => (too_many(wait), Reason::TooManyFailures),
-            };
-            let outcome = match reason {
-                Reason::SourceNotAllowed => "forbidden",
-                _ => "rate_limited",
-            };
-            return deny(response, reason, outcome, None);
-        }
+    if let Some(client) = client
+        && let Err(denial) = state.guard.admit(client, &settings)
+    {
+        let (response, reason) = match denial {
+            Denial::SourceNotAllowed => (
+                reply::error(StatusCode::FORBIDDEN, "Forbidden"),
+                Reason::SourceNotAllowed,
+            ),
+            Denial::RateLimited(wait) => (too_many(wait), Reason::RateLimited),
+            Denial::TooManyFailures(wait) => (too_many(wait), Reason::TooManyFailures),
+        };
+        let outcome = match reason {
+            Reason::SourceNotAllowed => "forbidden",
+            _ => "rate_limited",
+        };
+        return deny(response, reason, outcome, None);
     }
 
     let (parts, body) = request.into_parts();
@@ -142,10 +142,10 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         );
     }
     // Every 401 is a failed verification (signature, token, replay or admin token).
-    if response.status() == StatusCode::UNAUTHORIZED {
-        if let Some(client) = client {
-            state.guard.record_failure(client, &settings);
-        }
+    if response.status() == StatusCode::UNAUTHORIZED
+        && let Some(client) = client
+    {
+        state.guard.record_failure(client, &settings);
     }
     response
 }

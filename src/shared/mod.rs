@@ -9,11 +9,13 @@
 //! - [`ledger`] remembers which writes of a job succeeded, so a reclaimed job repeats none;
 //! - [`tokens`] shares one Zoho access token between pods, refreshed by one of them at a time;
 //! - [`slots`] limits Zoho calls in flight across pods;
-//! - [`reconcile`] finds ticket changes whose webhook never arrived.
+//! - [`reconcile`] finds ticket changes whose webhook never arrived;
+//! - [`decisions`] keeps recent decision reports for every pod's review console.
 //!
 //! The Redis URL may carry a password, so it is a [`Secret`] and never appears in a log line
 //! or an error; errors name the action that failed and Redis's error kind only.
 
+pub mod decisions;
 pub mod ledger;
 pub mod reconcile;
 pub mod slots;

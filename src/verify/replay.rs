@@ -62,10 +62,8 @@ impl SeenTokens {
     /// it did verify, and refusing genuine deliveries would be worse than a missed replay.
     pub fn claim(&self, key: ReplayKey, valid_until: i64, now: i64) -> bool {
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&end) = until.get(&key) {
-            if end >= now {
-                return false;
-            }
+        if until.get(&key).is_some_and(|&end| end >= now) {
+            return false;
         }
         if until.len() >= self.capacity {
             until.retain(|_, end| *end >= now);

@@ -555,7 +555,7 @@ impl AutomationWorkflow {
             template: template.clone(),
             text: text.clone(),
             rewritten,
-            mode,
+            mode: mode.to_owned(),
         });
 
         let need: Need = match (&facts.customer_email, &from) {

@@ -9,7 +9,7 @@ use super::text;
 use crate::crd::DealPreference;
 
 /// How the deal was found, for the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkStrategy {
     /// The ticket's link field already named a deal.

@@ -2,7 +2,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::linking::LinkStrategy;
 use super::rules::RoutingDecision;
@@ -11,7 +11,7 @@ use crate::crd::AutomationFlags;
 use crate::queue::Job;
 
 /// What a step did.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Done,
@@ -46,14 +46,14 @@ impl StepStatus {
 }
 
 /// One step of a run.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StepReport {
     pub step: String,
     pub status: StepStatus,
     pub detail: String,
     pub duration_ms: u64,
     /// For a failed step: whether running the job again may succeed.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retryable: bool,
 }
 
@@ -70,7 +70,7 @@ impl StepReport {
 }
 
 /// The record of one run of the workflow for one ticket event.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DecisionReport {
     pub job_id: u64,
     pub ticket_id: String,
@@ -169,7 +169,7 @@ impl DecisionReport {
 }
 
 /// The deal a run linked.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DealSummary {
     pub id: String,
     pub name: Option<String>,
@@ -178,14 +178,14 @@ pub struct DealSummary {
 }
 
 /// The reply of a run.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReplySummary {
     pub template: String,
     pub text: String,
     /// True when the language model's rewrite was used.
     pub rewritten: bool,
     /// `sent`, `draft` or `suggestion`.
-    pub mode: &'static str,
+    pub mode: String,
 }
 
 /// RFC 3339 timestamps for reports and JSON answers.
@@ -204,5 +204,14 @@ pub mod rfc3339 {
 
     pub fn serialize<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(*at))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<SystemTime, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        OffsetDateTime::parse(&text, &Rfc3339)
+            .map(SystemTime::from)
+            .map_err(serde::de::Error::custom)
     }
 }

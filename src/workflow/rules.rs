@@ -3,7 +3,7 @@
 //! Every rule's verdict is kept with its reason, so a reviewer sees why a rule did or did not
 //! match before switching `dispatch` on.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::text::{self, first_match};
@@ -23,7 +23,7 @@ pub struct RoutingInput<'a> {
 }
 
 /// One rule's verdict.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RuleTrace {
     pub rule: String,
     pub matched: bool,
@@ -31,7 +31,7 @@ pub struct RuleTrace {
 }
 
 /// The routing decision: the matching rule (if any) and every verdict up to it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RoutingDecision {
     pub rule: Option<String>,
     #[serde(skip)]

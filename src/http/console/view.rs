@@ -276,7 +276,7 @@ pub struct DealView {
 pub struct ReplyView {
     pub template: String,
     pub text: String,
-    pub mode: &'static str,
+    pub mode: String,
     pub rewritten: bool,
 }
 
@@ -359,7 +359,7 @@ impl DecisionView {
             reply: report.reply.as_ref().map(|r| ReplyView {
                 template: r.template.clone(),
                 text: r.text.clone(),
-                mode: r.mode,
+                mode: r.mode.clone(),
                 rewritten: r.rewritten,
             }),
             steps: report
