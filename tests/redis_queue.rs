@@ -46,7 +46,7 @@ fn read_only() -> Value {
 
 /// `deskhook serve` as pod `pod`, with Zoho at the fake and the queue in `redis`.
 fn pod(
-    config: &PathBuf,
+    config: &std::path::Path,
     fake: &FakeZoho,
     redis: &RedisServer,
     pod: &str,
