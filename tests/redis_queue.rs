@@ -486,3 +486,72 @@ async fn every_pods_console_shows_every_pods_decisions() {
         assert_eq!(seen.len(), 2, "{seen:?}");
     }
 }
+
+/// An ISO-8601 time `seconds_ago` before now, as Zoho writes `modifiedTime`.
+fn iso_ago(seconds_ago: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds_ago);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reconciliation_runs_a_change_whose_webhook_never_arrived_and_nothing_else() {
+    let Some(redis) = RedisServer::start(
+        "reconciliation_runs_a_change_whose_webhook_never_arrived_and_nothing_else",
+    ) else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(1).await;
+    let delivered = ids[0].clone();
+    // Changed two minutes ago, and its webhook was lost.
+    let missed = "9100000000000001";
+    // Changed a moment ago: its webhook may still be on its way.
+    let settling = "9100000000000002";
+    for (id, ago) in [(missed, 120), (settling, 2)] {
+        fake.add_ticket(json!({
+            "id": id, "subject": "Question", "status": "Open", "departmentId": "1",
+            "modifiedTime": iso_ago(ago), "cf": {"cf_opportunite": null}
+        }));
+    }
+    // The delivered ticket changed two minutes ago too, and its webhook did arrive.
+    let mut ticket = fake.ticket(&delivered).unwrap();
+    ticket["modifiedTime"] = json!(iso_ago(120));
+    fake.add_ticket(ticket);
+
+    let dir = TempDir::new("redis-reconcile");
+    let config = config(
+        &dir,
+        read_only(),
+        json!({"reconcileIntervalSeconds": 1, "reconcileLookbackSeconds": 3600}),
+    );
+    let a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    let answers = deliver_all(&[&a], vec![delivery(&delivered)]).await;
+    assert_eq!(answers[0].0, 200);
+
+    support::intake::eventually("the missed change to be run", || async {
+        fake.calls_to("get_ticket")
+            .iter()
+            .any(|c| c.path.ends_with(missed))
+            .then_some(())
+    })
+    .await;
+    // A few more rounds: nothing else is run, and the missed change runs once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let runs = |id: &str| {
+        fake.calls_to("get_ticket")
+            .iter()
+            .filter(|c| c.path.ends_with(id))
+            .count()
+    };
+    assert_eq!(runs(missed), 1, "the missed change runs exactly once");
+    assert_eq!(
+        runs(&delivered),
+        1,
+        "a change whose webhook arrived is not run again"
+    );
+    assert_eq!(
+        runs(settling),
+        0,
+        "a change still settling is left to its webhook"
+    );
+}

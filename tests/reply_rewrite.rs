@@ -1,0 +1,141 @@
+//! The optional language model only rewrites reply wording, and its output is used only when
+//! it passes the same checks as a template.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use deskhook::config::{Secret, Settings, SettingsSource};
+use deskhook::crd::{AutomationFlags, LlmSpec, WebhookAutomationSpec};
+use deskhook::event::TicketEvent;
+use deskhook::queue::Job;
+use deskhook::workflow::AutomationWorkflow;
+use deskhook::workflow::Workflow;
+use deskhook::workflow::ledger::MemoryLedger;
+use deskhook::workflow::reply::ReplyRewriter;
+use serde_json::{Value, json};
+
+/// A stand-in OpenAI-compatible chat API that answers `answer` and keeps each request.
+async fn model(answer: &str) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
+    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let answer = answer.to_owned();
+    let app = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(
+                move |State(seen): State<Arc<Mutex<Vec<(Option<String>, Value)>>>>,
+                      headers: axum::http::HeaderMap,
+                      Json(body): Json<Value>| {
+                    let answer = answer.clone();
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        seen.lock().unwrap().push((auth, body));
+                        Json(json!({"choices": [{"message": {"role": "assistant", "content": answer}}]}))
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+fn settings(llm_url: &str) -> Settings {
+    let yaml = r#"
+routing:
+  - name: facturation
+    when: {text: {any: [facture]}}
+    then: {department: FACTURATION, replyTemplate: accuse}
+replies:
+  forbiddenTerms: [garanti]
+  templates:
+    accuse: "Bonjour, votre demande de facture est transmise au service comptable."
+"#;
+    let mut spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
+    spec.replies.llm = Some(LlmSpec {
+        url: llm_url.to_owned(),
+        model: "test-model".into(),
+        instructions: None,
+        min_chars: 20,
+        max_chars: 400,
+    });
+    spec.automation = AutomationFlags::READ_ONLY;
+    Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap()
+}
+
+fn job() -> Job {
+    let payload = json!({"id": "101", "subject": "Ma facture", "email": "client@example.fr",
+                         "description": "Je n'ai pas reçu ma facture."});
+    Job {
+        id: 1,
+        event: TicketEvent::new("101".into(), "Ticket_Add".into(), None, None, payload),
+        attempt: 1,
+        enqueued_at: Instant::now(),
+    }
+}
+
+async fn reply_for(
+    answer: &str,
+) -> (
+    deskhook::workflow::ReplySummary,
+    Vec<(Option<String>, Value)>,
+) {
+    let (url, seen) = model(answer).await;
+    let http = deskhook::server::http_client().unwrap();
+    let rewriter = ReplyRewriter::new(http, Some(Secret::new("llm-test-key")));
+    let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), Some(rewriter));
+    let report = workflow.run(&job(), &settings(&url)).await;
+    let calls = seen.lock().unwrap().clone();
+    (report.reply.expect("a reply"), calls)
+}
+
+#[tokio::test]
+async fn a_valid_rewrite_replaces_the_template_text() {
+    let rewrite =
+        "Bonjour, nous avons bien transmis votre demande de facture à notre comptabilité.";
+    let (reply, calls) = reply_for(rewrite).await;
+    assert!(reply.rewritten);
+    assert_eq!(reply.text, rewrite);
+    // The model saw only the rendered reply, with the configured key.
+    let (auth, body) = &calls[0];
+    assert_eq!(auth.as_deref(), Some("Bearer llm-test-key"));
+    assert_eq!(body["model"], "test-model");
+    assert_eq!(
+        body["messages"][1]["content"],
+        "Bonjour, votre demande de facture est transmise au service comptable."
+    );
+}
+
+#[tokio::test]
+async fn a_rewrite_with_a_forbidden_term_is_not_used() {
+    let (reply, calls) =
+        reply_for("Bonjour, votre remboursement est garanti sous 48 heures, promis.").await;
+    assert_eq!(calls.len(), 1);
+    assert!(!reply.rewritten);
+    assert_eq!(
+        reply.text,
+        "Bonjour, votre demande de facture est transmise au service comptable."
+    );
+}
+
+#[tokio::test]
+async fn rewrites_too_short_or_with_placeholders_are_not_used() {
+    for answer in [
+        "Ok.",
+        "Bonjour {{ contact.first_name }}, votre facture arrive bientôt chez vous.",
+    ] {
+        let (reply, _) = reply_for(answer).await;
+        assert!(!reply.rewritten, "{answer}");
+        assert!(reply.text.starts_with("Bonjour, votre demande"));
+    }
+}
