@@ -20,15 +20,18 @@ use deskhook::workflow::ledger::MemoryLedger;
 use deskhook::workflow::reply::ReplyRewriter;
 use serde_json::{Value, json};
 
+/// Requests the stand-in model received: the `Authorization` header and the JSON body.
+type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
 /// A stand-in OpenAI-compatible chat API that answers `answer` and keeps each request.
-async fn model(answer: &str) -> (String, Arc<Mutex<Vec<(Option<String>, Value)>>>) {
-    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+async fn model(answer: &str) -> (String, Seen) {
+    let seen: Seen = Arc::default();
     let answer = answer.to_owned();
     let app = Router::new()
         .route(
             "/v1/chat/completions",
             post(
-                move |State(seen): State<Arc<Mutex<Vec<(Option<String>, Value)>>>>,
+                move |State(seen): State<Seen>,
                       headers: axum::http::HeaderMap,
                       Json(body): Json<Value>| {
                     let answer = answer.clone();
