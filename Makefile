@@ -5,6 +5,7 @@
 PYTHON ?= python3
 
 test:
+	bash scripts/install-test-deps.sh
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --all-targets; \
 	else \

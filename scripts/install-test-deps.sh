@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs beyond the Rust toolchain, when it is missing: Debian packages
+# (promtool for the alert rules, redis-server for the Redis queue tests, Chromium and its
+# WebDriver for the console's browser test, g++ for the libFuzzer runtime the fuzz targets build,
+# openssl as the independent HMAC of the `sign` test) and the chart checks' pinned Python
+# packages (Helm's engine, Kubernetes schemas, pytest). Quick when everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+declare -A package_of=(
+    [make]=make [openssl]=openssl [promtool]=prometheus [g++]=g++
+    [redis-server]=redis-server [chromium]=chromium [chromedriver]=chromium-driver
+)
+missing=()
+for tool in "${!package_of[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || missing+=(fonts-dejavu-core)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
