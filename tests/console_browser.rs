@@ -1,6 +1,7 @@
 //! The review console in a real browser: Debian's headless Chromium, driven over WebDriver by
-//! chromedriver. It signs in, reads the list, uses a filter, opens a decision and saves the
-//! screenshots the README shows (`docs/screenshots/`).
+//! chromedriver. It signs in, reads the list, uses a filter, opens a decision and saves
+//! screenshots under `target/console-screenshots/`; with `DESKHOOK_UPDATE_SCREENSHOTS=1` it
+//! refreshes the ones the README shows (`docs/screenshots/`) instead.
 //!
 //! Outside CI the test is skipped, with a message, when Chromium or chromedriver is missing;
 //! with `CI=true` a missing browser fails it.
@@ -222,14 +223,19 @@ impl Browser {
         .await;
     }
 
-    /// Saves the viewport as a PNG under `docs/screenshots/`.
+    /// Saves the viewport as a PNG (see the module documentation for where).
     async fn screenshot(&self, name: &str) -> PathBuf {
         let encoded = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().unwrap_or_default())
             .expect("a base64 screenshot");
         assert!(png.starts_with(b"\x89PNG"), "a PNG image");
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+        let update_docs = std::env::var("DESKHOOK_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(if update_docs {
+            "docs/screenshots"
+        } else {
+            "target/console-screenshots"
+        });
         std::fs::create_dir_all(&dir).expect("the screenshot directory");
         let path = dir.join(name);
         std::fs::write(&path, png).expect("the screenshot is written");

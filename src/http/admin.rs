@@ -251,6 +251,15 @@ fn with_overrides(
     Ok(settings)
 }
 
+/// The `limit` query parameter: 50 when absent or not a number, `max` at most.
+fn limit(query: &HashMap<String, String>, max: usize) -> usize {
+    query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .min(max)
+}
+
 /// `GET /webhook/decisions?ticket_id=&limit=`: recent reports, newest first.
 pub async fn decisions(
     State(state): State<AppState>,
@@ -260,11 +269,7 @@ pub async fn decisions(
     if let Some(denied) = authorize(&state, &headers) {
         return denied;
     }
-    let limit = query
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(50)
-        .min(MAX_DECISIONS);
+    let limit = limit(&query, MAX_DECISIONS);
     let reports = state
         .decisions
         .recent(query.get("ticket_id").map(String::as_str), limit);
@@ -283,11 +288,7 @@ pub async fn rejections(
     if let Some(denied) = authorize(&state, &headers) {
         return denied;
     }
-    let limit = query
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(50)
-        .min(MAX_REJECTIONS);
+    let limit = limit(&query, MAX_REJECTIONS);
     let entries = state
         .rejections
         .recent(query.get("reason").map(String::as_str), limit);
