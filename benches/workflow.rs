@@ -78,14 +78,7 @@ fn ticket_id(n: usize) -> String {
 /// incoming message, sharing one contact and deal (as in the workflow tests).
 async fn seeded_fake(tickets: usize) -> FakeZoho {
     let fake = FakeZoho::start().await;
-    for (id, name) in [
-        ("1", "Contact"),
-        ("2", "DOC"),
-        ("3", "FACTURATION"),
-        ("4", "Refus CMA"),
-    ] {
-        fake.add_department(id, name);
-    }
+    fake.seed_reference_portal();
     for n in 0..tickets {
         let id = ticket_id(n);
         fake.add_ticket(json!({
@@ -113,18 +106,6 @@ async fn seeded_fake(tickets: usize) -> FakeZoho {
             }),
         );
     }
-    fake.add_contact(
-        json!({"id": "4150868000000000001", "Email": "zoe.martin@example.fr", "First_Name": "Zoé"}),
-    );
-    fake.add_deal(json!({
-        "id": "4150868000001234567",
-        "Deal_Name": "Zoé Martin - Uber 20€",
-        "Stage": "GAGNÉ",
-        "Amount": 20,
-        "Evalbox": "Refusé CMA",
-        "Closing_Date": "2026-10-01",
-        "Contact_Name": {"id": "4150868000000000001", "name": "Zoé Martin"}
-    }));
     fake
 }
 

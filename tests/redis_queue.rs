@@ -71,26 +71,7 @@ fn pod(
 /// moves each to "Refus CMA" and links the deal.
 async fn fake_with_tickets(count: usize) -> (FakeZoho, Vec<String>) {
     let fake = FakeZoho::start().await;
-    for (id, name) in [
-        ("1", "Contact"),
-        ("2", "DOC"),
-        ("3", "FACTURATION"),
-        ("4", "Refus CMA"),
-    ] {
-        fake.add_department(id, name);
-    }
-    fake.add_contact(
-        json!({"id": "4150868000000000001", "Email": "zoe.martin@example.fr", "First_Name": "Zoé"}),
-    );
-    fake.add_deal(json!({
-        "id": "4150868000001234567",
-        "Deal_Name": "Zoé Martin - Uber 20€",
-        "Stage": "GAGNÉ",
-        "Amount": 20,
-        "Evalbox": "Refusé CMA",
-        "Closing_Date": "2026-10-01",
-        "Contact_Name": {"id": "4150868000000000001", "name": "Zoé Martin"}
-    }));
+    fake.seed_reference_portal();
     let ids: Vec<String> = (1..=count)
         .map(|n| format!("{}", 9_000_000_000_000_000u64 + n as u64))
         .collect();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use support::fake_zoho::{FakeZoho, Fault};
 
 const TICKET: &str = "198709000438366101";
-const DEAL: &str = "4150868000001234567";
+const DEAL: &str = support::fake_zoho::REFERENCE_DEAL;
 
 /// The reference configuration with `flags` in force.
 fn settings(flags: AutomationFlags) -> Settings {
@@ -50,14 +50,7 @@ fn flags(names: &[&str]) -> AutomationFlags {
 /// writing step of the `refus-cma` rule is needed.
 async fn seeded_fake() -> FakeZoho {
     let fake = FakeZoho::start().await;
-    for (id, name) in [
-        ("1", "Contact"),
-        ("2", "DOC"),
-        ("3", "FACTURATION"),
-        ("4", "Refus CMA"),
-    ] {
-        fake.add_department(id, name);
-    }
+    fake.seed_reference_portal();
     fake.add_ticket(json!({
         "id": TICKET,
         "ticketNumber": "101",
@@ -82,18 +75,6 @@ async fn seeded_fake() -> FakeZoho {
             "author": {"name": "Zoé Martin", "email": "zoe.martin@example.fr", "type": "END_USER"}
         }),
     );
-    fake.add_contact(
-        json!({"id": "4150868000000000001", "Email": "zoe.martin@example.fr", "First_Name": "Zoé"}),
-    );
-    fake.add_deal(json!({
-        "id": DEAL,
-        "Deal_Name": "Zoé Martin - Uber 20€",
-        "Stage": "GAGNÉ",
-        "Amount": 20,
-        "Evalbox": "Refusé CMA",
-        "Closing_Date": "2026-10-01",
-        "Contact_Name": {"id": "4150868000000000001", "name": "Zoé Martin"}
-    }));
     fake
 }
 

@@ -42,6 +42,11 @@ pub const CLIENT_ID: &str = "1000.FAKECLIENTID";
 pub const CLIENT_SECRET: &str = "fake-client-secret";
 pub const REFRESH_TOKEN: &str = "1000.fake-refresh-token";
 
+/// The deal of [`FakeZoho::seed_reference_portal`].
+pub const REFERENCE_DEAL: &str = "4150868000001234567";
+/// The contact of [`FakeZoho::seed_reference_portal`].
+pub const REFERENCE_CONTACT: &str = "4150868000000000001";
+
 /// Largest page Desk serves for threads and departments, and CRM for searches.
 const MAX_PAGE: usize = 200;
 
@@ -245,6 +250,32 @@ impl FakeZoho {
     }
 
     // Seed data.
+
+    /// The reference portal: departments Contact (1), DOC (2), FACTURATION (3) and Refus CMA
+    /// (4), and a candidate of the 20 € offer whose documents the CMA refused: the contact
+    /// `zoe.martin@example.fr` and her deal [`REFERENCE_DEAL`] (GAGNÉ, 20, Evalbox "Refusé CMA").
+    pub fn seed_reference_portal(&self) {
+        for (id, name) in [
+            ("1", "Contact"),
+            ("2", "DOC"),
+            ("3", "FACTURATION"),
+            ("4", "Refus CMA"),
+        ] {
+            self.add_department(id, name);
+        }
+        self.add_contact(
+            json!({"id": REFERENCE_CONTACT, "Email": "zoe.martin@example.fr", "First_Name": "Zoé"}),
+        );
+        self.add_deal(json!({
+            "id": REFERENCE_DEAL,
+            "Deal_Name": "Zoé Martin - Uber 20€",
+            "Stage": "GAGNÉ",
+            "Amount": 20,
+            "Evalbox": "Refusé CMA",
+            "Closing_Date": "2026-10-01",
+            "Contact_Name": {"id": REFERENCE_CONTACT, "name": "Zoé Martin"}
+        }));
+    }
 
     /// Adds a Desk ticket; `json` needs an `id` (string or number).
     pub fn add_ticket(&self, ticket: Value) {

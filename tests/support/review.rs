@@ -119,15 +119,8 @@ pub fn settings() -> Settings {
 /// The fake with every case's ticket, message, department and (for Zoé) contact and deal.
 pub async fn seeded_fake() -> FakeZoho {
     let fake = FakeZoho::start().await;
-    for (id, name) in [
-        ("1", "Contact"),
-        ("2", "DOC"),
-        ("3", "FACTURATION"),
-        ("4", "Refus CMA"),
-        ("9", "Pédagogie"),
-    ] {
-        fake.add_department(id, name);
-    }
+    fake.seed_reference_portal();
+    fake.add_department("9", "Pédagogie");
     for case in &CASES {
         fake.add_ticket(json!({
             "id": case.id,
@@ -154,18 +147,6 @@ pub async fn seeded_fake() -> FakeZoho {
             }),
         );
     }
-    fake.add_contact(
-        json!({"id": "4150868000000000001", "Email": "zoe.martin@example.fr", "First_Name": "Zoé"}),
-    );
-    fake.add_deal(json!({
-        "id": "4150868000001234567",
-        "Deal_Name": "Zoé Martin - Uber 20€",
-        "Stage": "GAGNÉ",
-        "Amount": 20,
-        "Evalbox": "Refusé CMA",
-        "Closing_Date": "2026-10-01",
-        "Contact_Name": {"id": "4150868000000000001", "name": "Zoé Martin"}
-    }));
     fake
 }
 
