@@ -15,17 +15,21 @@
 //!            200 only after this ◀───────┘
 //!                                        ▼
 //!                                     worker ──▶ workflow (one settings snapshot per job)
+//!                                                   │  decide: linking, rules, reply (pure)
+//!                                                   │  act: zoho clients, each write behind its flag
 //!                                                   ▼
-//!                                                decision report ──▶ decisions, logs, metrics
+//!                                                decision report ──▶ decisions (console), logs, metrics
 //!
 //! settings: file | environment | Kubernetes ──▶ config::SettingsHandle (atomic swap)
 //! ```
 //!
 //! Every module owns one noun: `crd` the resource types, `config` the validated settings and
 //! their sources, `verify` signatures, `event` payload parsing, `queue` the hand-off to
-//! workers, `workflow` the automation, `http` the routers, `kube` the resource watcher and
-//! its status, `limits` the per-client budgets of the public listener, `rejections` the
-//! redacted log of refused requests, `metrics` and `telemetry` observability, `server` the
+//! workers, `worker` running jobs, `workflow` the automation, `zoho` the Desk and CRM API
+//! clients, `decisions` the recent reports, `http` the routers and the review console, `kube`
+//! the resource watcher and its status, `shared` the state pods share through Redis, `limits`
+//! the per-client budgets of the public listener, `rejections` the redacted log of refused
+//! requests, `region` Zoho's hosts, `metrics` and `telemetry` observability, `server` the
 //! wiring of a running process.
 #![forbid(unsafe_code)]
 
