@@ -5,9 +5,9 @@
 //! decision by this id.
 //!
 //! With the Redis backend, reports are also stored in Redis and the console's readers
-//! ([`DecisionLog::list`], [`DecisionLog::get`]) read every pod's from there; `push` and
-//! `recent` stay synchronous (the worker, the JSON API) and the local log is the fallback
-//! while Redis cannot be read.
+//! ([`DecisionLog::list`], [`DecisionLog::get`], used by the console and the JSON API) read
+//! every pod's from there; `push` stays synchronous for the worker, and the local log is the
+//! fallback while Redis cannot be read.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,17 +76,6 @@ impl DecisionLog {
         });
     }
 
-    /// Up to `limit` reports, newest first, optionally for one ticket.
-    pub fn recent(&self, ticket_id: Option<&str>, limit: usize) -> Vec<Arc<DecisionReport>> {
-        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        reports
-            .iter()
-            .filter(|d| ticket_id.is_none_or(|id| d.report.ticket_id == id))
-            .take(limit)
-            .map(|d| d.report.clone())
-            .collect()
-    }
-
     /// Every retained decision with its id, newest first: every pod's with Redis.
     pub async fn list(&self) -> Vec<StoredDecision> {
         if let Some(shared) = &self.shared {
@@ -149,6 +138,5 @@ mod tests {
         assert_eq!(ids, ["3", "2"], "newest first, the first one dropped");
         assert_eq!(log.get("2").await.unwrap().report.ticket_id, "2");
         assert!(log.get("1").await.is_none(), "no longer retained");
-        assert_eq!(log.recent(Some("3"), 10).len(), 1);
     }
 }

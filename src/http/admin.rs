@@ -270,11 +270,15 @@ pub async fn decisions(
         return denied;
     }
     let limit = limit(&query, MAX_DECISIONS);
-    let reports = state
-        .decisions
-        .recent(query.get("ticket_id").map(String::as_str), limit);
-    let reports: Vec<&crate::workflow::DecisionReport> =
-        reports.iter().map(AsRef::as_ref).collect();
+    let ticket_id = query.get("ticket_id");
+    // The same store the console reads: with Redis, every pod's decisions.
+    let stored = state.decisions.list().await;
+    let reports: Vec<&crate::workflow::DecisionReport> = stored
+        .iter()
+        .filter(|d| ticket_id.is_none_or(|id| &d.report.ticket_id == id))
+        .take(limit)
+        .map(|d| d.report.as_ref())
+        .collect();
     Json(json!({"decisions": reports})).into_response()
 }
 
