@@ -15,7 +15,7 @@ use std::process::Stdio;
 use kube_fake::FakeApi;
 use serde_json::{Value, json};
 use support::intake::{self, SECRET, eventually};
-use support::process::{BIN, Deskhook, TempDir};
+use support::process::{Deskhook, TempDir};
 use tokio::process::Command;
 
 const NS: &str = "desk";
@@ -24,30 +24,13 @@ const AUTOMATIONS: &str = "webhookautomations";
 const EDITOR_AGENT: &str = "deskhook-test-editor";
 
 fn serve_kube(kubeconfig: &Path) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = support::process::serve_command(None);
     command
-        .env_clear()
-        .env("RUST_LOG", "info")
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAMESPACE", NS)
         .env("POD_NAME", "deskhook-0")
         .env("ZOHO_WEBHOOK_SECRET", SECRET)
-        .args([
-            "serve",
-            "--kube",
-            "--resource",
-            "support",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .args(["--kube", "--resource", "support"]);
     command
 }
 
