@@ -9,7 +9,7 @@ use deskhook::config::limits::{Networks, parse_network};
 use deskhook::event::parse_delivery;
 use deskhook::limits::client_addr;
 use deskhook::verify::standard;
-use deskhook::workflow::text::{MAX_KEYWORDS, first_match, html_to_text, strip_quoted, words};
+use deskhook::workflow::text::{MAX_KEYWORDS, Words, first_match, html_to_text, strip_quoted};
 use proptest::prelude::*;
 
 fn trusting_loopback() -> Networks {
@@ -30,6 +30,19 @@ fn deeply_nested_payloads_are_refused_without_overflowing_the_stack() {
 }
 
 #[test]
+fn deep_nesting_inside_a_native_payload_is_kept_as_text_without_overflowing_the_stack() {
+    for depth in [200, 100_000] {
+        let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let body = format!(r#"[{{"eventType":"Ticket_Add","payload":{{"id":"5","x":{deep}}}}}]"#);
+        let delivery = parse_delivery(body.as_bytes()).expect("a valid delivery");
+        let event = &delivery.events[0];
+        assert_eq!(event.ticket_id, "5");
+        // Too deep to become a tree: the workflow reads it as no payload at all.
+        assert_eq!(event.payload.to_value().is_null(), depth > 128, "depth {depth}");
+    }
+}
+
+#[test]
 fn a_huge_array_of_events_is_read_without_trouble() {
     let event = r#"{"eventType":"Ticket_Add","payload":{"id":"1"}},"#;
     let body = format!("[{}{}]", event.repeat(20_000), r#"{"eventType":"x"}"#);
@@ -39,7 +52,7 @@ fn a_huge_array_of_events_is_read_without_trouble() {
 
 #[test]
 fn a_long_keyword_list_is_cut_at_the_documented_bound() {
-    let haystack = words("the needle is here");
+    let haystack = Words::new("the needle is here");
     let mut list: Vec<String> = (0..10_000).map(|n| format!("absent{n}")).collect();
     list.push("needle".into());
     assert_eq!(
@@ -98,7 +111,7 @@ proptest! {
     ) {
         let lossy = String::from_utf8_lossy(&raw);
         for input in [text.as_str(), &lossy] {
-            let haystack = words(&strip_quoted(&html_to_text(input)));
+            let haystack = Words::new(&strip_quoted(&html_to_text(input)));
             if let Some(found) = first_match(&keywords, &haystack) {
                 prop_assert!(keywords.iter().take(MAX_KEYWORDS).any(|k| k == found));
             }

@@ -35,11 +35,10 @@ use prometheus::{IntCounter, IntGauge};
 use redis::Value;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 use tokio::sync::Notify;
 
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
-use crate::event::TicketEvent;
+use crate::event::{Payload, TicketEvent};
 use crate::metrics::Metrics;
 use crate::shared::{Context, Redis, RedisError, RedisSetupError, now_ms};
 
@@ -80,7 +79,7 @@ struct StoredJob {
     org_id: Option<String>,
     #[serde(default)]
     event_time_ms: Option<i64>,
-    payload: Json,
+    payload: Payload,
     dedupe_key: String,
     /// Wall-clock time of acceptance, so the echo guard's window survives a takeover.
     enqueued_at_ms: u64,
@@ -111,14 +110,14 @@ impl StoredJob {
         let now = Instant::now();
         Job {
             id: self.id,
-            event: TicketEvent {
-                ticket_id: self.ticket_id,
-                event_type: self.event_type,
-                org_id: self.org_id,
-                event_time_ms: self.event_time_ms,
-                payload: self.payload,
+            event: TicketEvent::restore(
+                self.ticket_id,
+                self.event_type,
+                self.org_id,
+                self.event_time_ms,
+                self.payload,
                 dedupe_key,
-            },
+            ),
             attempt: attempt.max(1),
             enqueued_at: now.checked_sub(age).unwrap_or(now),
         }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use super::connection::{ZohoConnection, ZohoConnector};
-use super::echo::{EchoGuard, is_outgoing};
+use super::echo::EchoGuard;
 use super::ledger::StepLedger;
 use super::linking::{self, LinkStrategy, Message};
 use super::reply::{self, ReplyError, ReplyRewriter, ReplyRules};
@@ -137,7 +137,7 @@ impl AutomationWorkflow {
             report.skipped = Some("echo of deskhook's own write".to_owned());
             return;
         }
-        if is_outgoing(event) {
+        if event.is_outgoing() {
             report.skipped =
                 Some("outgoing message: only customer messages are acted on".to_owned());
             return;
@@ -759,7 +759,7 @@ fn latest_inbound(threads: &[Thread]) -> Option<&Thread> {
 
 /// Offline: what the event itself says (a ticket, or a thread for thread events).
 fn facts_from_event(event: &TicketEvent, settings: &Settings) -> Facts {
-    let payload = &event.payload;
+    let payload = event.payload.to_value();
     let text_of = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_owned);
     let body = ["content", "summary", "description"]
         .iter()
@@ -780,7 +780,7 @@ fn facts_from_event(event: &TicketEvent, settings: &Settings) -> Facts {
     Facts {
         subject: text_of("subject").unwrap_or_default(),
         message: text::strip_quoted(&body),
-        department_id: event.department_id(),
+        department_id: event.department_id().map(str::to_owned),
         department: event.department_name().map(str::to_owned),
         status: text_of("status"),
         customer_email: linking::customer_email(Some(&message), email.as_deref(), staff),

@@ -60,18 +60,9 @@ impl EchoGuard {
 fn could_be_echo(event: &TicketEvent) -> bool {
     match event.event_type.as_str() {
         "Ticket_Update" | "Ticket_Comment_Add" | "Ticket_Comment_Update" => true,
-        "Ticket_Thread_Add" => is_outgoing(event),
+        "Ticket_Thread_Add" => event.is_outgoing(),
         _ => false,
     }
-}
-
-/// A thread written by an agent (or by deskhook), not by the customer.
-pub fn is_outgoing(event: &TicketEvent) -> bool {
-    event
-        .payload
-        .get("direction")
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|d| d.eq_ignore_ascii_case("out"))
 }
 
 #[cfg(test)]

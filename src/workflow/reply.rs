@@ -85,7 +85,7 @@ pub fn validate(reply: &str, rules: &ReplyRules<'_>) -> Result<(), ReplyError> {
     {
         return Err(ReplyError::Placeholder);
     }
-    let words = text::words(reply);
+    let words = text::Words::new(reply);
     if let Some(term) = text::first_match(rules.forbidden_terms, &words) {
         return Err(ReplyError::Forbidden(term.to_owned()));
     }

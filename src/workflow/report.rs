@@ -120,8 +120,8 @@ impl DecisionReport {
         let department = job
             .event
             .department_name()
-            .map(str::to_owned)
-            .or_else(|| job.event.department_id());
+            .or_else(|| job.event.department_id())
+            .map(str::to_owned);
         Self {
             job_id: job.id,
             ticket_id: job.event.ticket_id.clone(),

@@ -3,10 +3,12 @@
 //! Every rule's verdict is kept with its reason, so a reviewer sees why a rule did or did not
 //! match before switching `dispatch` on.
 
+use std::cell::OnceCell;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::text::{self, first_match};
+use super::text::{self, Words, first_match};
 use crate::crd::{FieldCondition, RoutingRule, RuleOutcome, TextCondition};
 
 /// What routing reads about a ticket.
@@ -43,7 +45,8 @@ pub struct RoutingDecision {
 pub fn route(rules: &[RoutingRule], input: &RoutingInput<'_>) -> RoutingDecision {
     let mut ordered: Vec<&RoutingRule> = rules.iter().collect();
     ordered.sort_by_key(|rule| rule.priority);
-    let haystack = text::words(&format!("{}\n{}", input.subject, input.message));
+    // Folded once, and only if some rule has a text condition.
+    let haystack = OnceCell::new();
     let mut trace = Vec::new();
     for rule in ordered {
         match check(rule, input, &haystack) {
@@ -77,7 +80,7 @@ pub fn route(rules: &[RoutingRule], input: &RoutingInput<'_>) -> RoutingDecision
 fn check(
     rule: &RoutingRule,
     input: &RoutingInput<'_>,
-    haystack: &[String],
+    haystack: &OnceCell<Words>,
 ) -> Result<String, String> {
     let when = &rule.when;
     let mut why = Vec::new();
@@ -124,6 +127,8 @@ fn check(
         }
     }
     if let Some(condition) = &when.text {
+        let haystack =
+            haystack.get_or_init(|| Words::new(&format!("{}\n{}", input.subject, input.message)));
         why.extend(check_text(condition, input.message, haystack)?);
     }
     if why.is_empty() {
@@ -192,7 +197,7 @@ fn check_field(condition: &FieldCondition, deal: &Map<String, Value>) -> Result<
 fn check_text(
     condition: &TextCondition,
     message: &str,
-    haystack: &[String],
+    haystack: &Words,
 ) -> Result<Vec<String>, String> {
     let mut why = Vec::new();
     if !condition.any.is_empty() {

@@ -12,59 +12,61 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Most keywords examined per condition list.
 pub const MAX_KEYWORDS: usize = 256;
 
-/// Plain text from a Zoho thread body: tags removed, common entities decoded.
+/// Plain text from a Zoho thread body: tags removed, block tags turned into line breaks,
+/// common entities decoded. Runs of plain text are copied whole: only `<` and `&` stop it.
 pub fn html_to_text(html: &str) -> String {
     let html = truncate(html, MAX_TEXT_BYTES);
     let mut out = String::with_capacity(html.len());
-    let mut in_tag = false;
-    let mut tag = String::new();
-    let mut chars = html.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '<' => {
-                in_tag = true;
-                tag.clear();
+    let mut rest = html;
+    while let Some(at) = rest.find(['<', '&']) {
+        out.push_str(&rest[..at]);
+        let (special, after) = rest[at..].split_at(1);
+        rest = if special == "<" {
+            // An unclosed tag swallows the rest of the text.
+            let Some(end) = after.find('>') else {
+                return out;
+            };
+            // `<a <br>`: the last `<` opens the tag that `>` closes.
+            let tag = after[..end].rsplit('<').next().unwrap_or_default();
+            if is_block_tag(tag) {
+                out.push('\n');
             }
-            '>' if in_tag => {
-                in_tag = false;
-                let name = tag
-                    .trim_start_matches('/')
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("");
-                if matches!(
-                    name.to_ascii_lowercase().as_str(),
-                    "br" | "br/" | "p" | "div" | "li" | "tr" | "blockquote"
-                ) {
-                    out.push('\n');
+            &after[end + 1..]
+        } else {
+            let name_len = after
+                .bytes()
+                .take(MAX_ENTITY_LEN)
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'#')
+                .count();
+            match after[name_len..].strip_prefix(';') {
+                Some(remainder) => {
+                    out.push_str(decode_entity(&after[..name_len]).unwrap_or(" "));
+                    remainder
                 }
-            }
-            _ if in_tag => {
-                if tag.len() < 32 {
-                    tag.push(c);
-                }
-            }
-            '&' => {
-                let mut entity = String::new();
-                while let Some(&next) = chars.peek() {
-                    if next == ';' || entity.len() > 8 {
-                        break;
-                    }
-                    entity.push(next);
-                    chars.next();
-                }
-                if chars.peek() == Some(&';') {
-                    chars.next();
-                    out.push_str(decode_entity(&entity).unwrap_or(" "));
-                } else {
+                None => {
                     out.push('&');
-                    out.push_str(&entity);
+                    after
                 }
             }
-            _ => out.push(c),
-        }
+        };
     }
+    out.push_str(rest);
     out
+}
+
+/// Longest entity name looked for after `&` (`&#8217;`, `&eacute;`).
+const MAX_ENTITY_LEN: usize = 9;
+
+/// Tags that end a line of text.
+fn is_block_tag(tag: &str) -> bool {
+    let name = tag
+        .trim_start_matches('/')
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    ["br", "br/", "p", "div", "li", "tr", "blockquote"]
+        .iter()
+        .any(|block| name.eq_ignore_ascii_case(block))
 }
 
 fn decode_entity(entity: &str) -> Option<&'static str> {
@@ -157,19 +159,58 @@ pub fn fold(text: &str) -> String {
     out
 }
 
-/// Folded words: runs of letters and digits.
-pub fn words(text: &str) -> Vec<String> {
-    fold(truncate(text, MAX_TEXT_BYTES))
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// Folded words (runs of letters and digits), all borrowed from one folded copy of the
+/// text: a 4 KB message costs two allocations, not one per word.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Words {
+    folded: String,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Words {
+    pub fn new(text: &str) -> Self {
+        let folded = fold(truncate(text, MAX_TEXT_BYTES));
+        let mut spans = Vec::new();
+        let mut start = None;
+        for (at, c) in folded.char_indices() {
+            match (c.is_alphanumeric(), start) {
+                (true, None) => start = Some(at),
+                (false, Some(from)) => {
+                    spans.push((from, at));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = start {
+            spans.push((from, folded.len()));
+        }
+        Self { folded, spans }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The words in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.spans.iter().map(|&(from, to)| &self.folded[from..to])
+    }
+
+    fn word(&self, index: usize) -> &str {
+        let (from, to) = self.spans[index];
+        &self.folded[from..to]
+    }
 }
 
 /// A keyword ready to match: folded words, the last one possibly a prefix (`document*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keyword {
-    words: Vec<String>,
+    words: Words,
     prefix: bool,
 }
 
@@ -177,34 +218,31 @@ impl Keyword {
     pub fn parse(raw: &str) -> Option<Self> {
         let raw = raw.trim();
         let prefix = raw.ends_with('*');
-        let words = words(raw.trim_end_matches('*'));
+        let words = Words::new(raw.trim_end_matches('*'));
         (!words.is_empty()).then_some(Self { words, prefix })
     }
 
-    /// Whether the keyword appears in `haystack` (folded words) as whole words.
-    pub fn matches(&self, haystack: &[String]) -> bool {
+    /// Whether the keyword appears in `haystack` as whole words.
+    pub fn matches(&self, haystack: &Words) -> bool {
         let n = self.words.len();
         if n == 0 || haystack.len() < n {
             return false;
         }
-        haystack.windows(n).any(|window| {
-            window
-                .iter()
-                .zip(&self.words)
-                .enumerate()
-                .all(|(i, (word, want))| {
-                    if self.prefix && i == n - 1 {
-                        word.starts_with(want.as_str())
-                    } else {
-                        word == want
-                    }
-                })
+        (0..=haystack.len() - n).any(|start| {
+            self.words.iter().enumerate().all(|(i, want)| {
+                let word = haystack.word(start + i);
+                if self.prefix && i == n - 1 {
+                    word.starts_with(want)
+                } else {
+                    word == want
+                }
+            })
         })
     }
 }
 
 /// The first keyword of `list` found in `haystack`, if any.
-pub fn first_match<'a>(list: &'a [String], haystack: &[String]) -> Option<&'a str> {
+pub fn first_match<'a>(list: &'a [String], haystack: &Words) -> Option<&'a str> {
     list.iter()
         .take(MAX_KEYWORDS)
         .find(|raw| Keyword::parse(raw).is_some_and(|k| k.matches(haystack)))
@@ -245,7 +283,7 @@ mod tests {
     use super::*;
 
     fn found(keyword: &str, text: &str) -> bool {
-        Keyword::parse(keyword).unwrap().matches(&words(text))
+        Keyword::parse(keyword).unwrap().matches(&Words::new(text))
     }
 
     #[test]
@@ -285,6 +323,27 @@ mod tests {
         );
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines, ["Bonjour Zoé", "Merci & à bientôt"]);
+    }
+
+    #[test]
+    fn html_edge_cases_keep_the_text_around_them() {
+        assert_eq!(html_to_text("a & b &amp c"), "a & b &amp c");
+        assert_eq!(html_to_text("x&<b>y</b>"), "x&y");
+        assert_eq!(html_to_text("é&#39;è &unknown; ok"), "é'è   ok");
+        assert_eq!(html_to_text("a <br class=\"x\">b<BR/>c"), "a \nb\nc");
+        assert_eq!(html_to_text("a <a <br>b"), "a \nb");
+        assert_eq!(html_to_text("avant <span never closed"), "avant ");
+        assert_eq!(html_to_text("3 > 2"), "3 > 2");
+    }
+
+    #[test]
+    fn words_are_runs_of_letters_and_digits() {
+        let words = Words::new("  L'Œuvre, n°42 — été!");
+        assert_eq!(
+            words.iter().collect::<Vec<_>>(),
+            ["l", "oeuvre", "n", "42", "ete"]
+        );
+        assert!(Words::new(" ,; ").is_empty());
     }
 
     #[test]

@@ -5,9 +5,17 @@
 //! (`ticket.id`, `id`, `entityId`, nested `data`, and `ticket_id`/`ticketId` from Deluge
 //! functions); all are accepted. Parsing is pure, never panics, and keeps ids as exact strings:
 //! a 19-digit id sent as a JSON number must not pass through a float.
+//!
+//! The native array, Zoho's only shape and the hot path, is read by [`native`] without a tree;
+//! every other body by the general reader here.
+
+mod native;
+mod payload;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+pub use payload::{Hints, Payload};
 
 /// Deepest `data` nesting searched in the legacy object shapes.
 const MAX_DATA_DEPTH: usize = 8;
@@ -27,29 +35,28 @@ pub struct TicketEvent {
     pub event_time_ms: Option<i64>,
     /// The resource as delivered (the ticket, or the thread for thread events): a hint only,
     /// since the body proves nothing about the ticket's current state.
-    pub payload: Value,
+    pub payload: Payload,
+    /// The payload's ids, department and direction, read once at intake.
+    pub hints: Hints,
     /// Identity of this delivery for deduplication: SHA-256 over org, type, ticket, time and
-    /// payload.
+    /// the payload's text.
     pub dedupe_key: [u8; 32],
 }
 
 impl TicketEvent {
     /// Department id carried by the payload, if any.
-    pub fn department_id(&self) -> Option<String> {
-        self.payload.get("departmentId").and_then(id_string)
+    pub fn department_id(&self) -> Option<&str> {
+        self.hints.department_id.as_deref()
     }
 
     /// Department name carried by the payload, if any (`departmentName` or `department.name`).
     pub fn department_name(&self) -> Option<&str> {
-        self.payload
-            .get("departmentName")
-            .and_then(Value::as_str)
-            .or_else(|| {
-                self.payload
-                    .get("department")
-                    .and_then(|d| d.get("name").or(Some(d)))
-                    .and_then(Value::as_str)
-            })
+        self.hints.department_name.as_deref()
+    }
+
+    /// A thread written by an agent (or by deskhook), not by the customer.
+    pub fn is_outgoing(&self) -> bool {
+        self.hints.is_outgoing()
     }
 }
 
@@ -86,8 +93,13 @@ pub enum ParseError {
 
 /// Parses a raw body into a [`Delivery`].
 pub fn parse_delivery(body: &[u8]) -> Result<Delivery, ParseError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(Delivery::default());
+    };
+    if *first == b'['
+        && let Some(delivery) = native::parse(body)
+    {
+        return Ok(delivery);
     }
     // serde_json limits nesting to 128 levels, so hostile depth is an error, not a stack overflow.
     let value: Value =
@@ -138,7 +150,8 @@ fn collect_native(object: Map<String, Value>, delivery: &mut Delivery) {
         .map(normalise_event_type)
         .unwrap_or_else(|| "unknown".to_owned());
     let payload = object.get("payload").cloned().unwrap_or(Value::Null);
-    let ticket_id = native_ticket_id(&event_type, &payload);
+    let hints = Hints::from_value(&payload);
+    let ticket_id = native_ticket_id(&event_type, &hints);
     let Some(ticket_id) = ticket_id else {
         if is_other_module(&event_type) {
             delivery.not_ticket_events.push(event_type);
@@ -149,20 +162,21 @@ fn collect_native(object: Map<String, Value>, delivery: &mut Delivery) {
     };
     let org_id = object.get("orgId").and_then(id_string);
     let event_time_ms = object.get("eventTime").and_then(epoch_millis);
-    delivery.events.push(TicketEvent::new(
+    delivery.events.push(TicketEvent::with_hints(
         ticket_id,
         event_type,
         org_id,
         event_time_ms,
-        payload,
+        Payload::from_value(&payload),
+        hints,
     ));
 }
 
 /// Thread, comment, attachment and approval events name their ticket in `ticketId`; ticket
 /// events are the ticket itself. Events of other modules have no ticket.
-fn native_ticket_id(event_type: &str, payload: &Value) -> Option<String> {
-    if let Some(id) = payload.get("ticketId").and_then(id_string) {
-        return Some(id);
+fn native_ticket_id(event_type: &str, payload: &Hints) -> Option<String> {
+    if let Some(id) = &payload.ticket_id {
+        return Some(id.clone());
     }
     if is_other_module(event_type) {
         return None;
@@ -170,7 +184,7 @@ fn native_ticket_id(event_type: &str, payload: &Value) -> Option<String> {
     let is_ticket_itself = matches!(event_type, "Ticket_Add" | "Ticket_Update" | "Ticket_Delete")
         || !event_type.starts_with("Ticket_");
     if is_ticket_itself {
-        payload.get("id").and_then(id_string)
+        payload.id.clone()
     } else {
         None
     }
@@ -288,22 +302,8 @@ fn epoch_millis(value: &Value) -> Option<i64> {
     })
 }
 
-/// Feeds written bytes to a SHA-256 hasher.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl TicketEvent {
-    /// Builds an event and its deduplication key.
+    /// Builds an event from a payload tree (legacy shapes, manual runs, tests).
     pub fn new(
         ticket_id: String,
         event_type: String,
@@ -311,25 +311,61 @@ impl TicketEvent {
         event_time_ms: Option<i64>,
         payload: Value,
     ) -> Self {
+        let hints = Hints::from_value(&payload);
+        Self::with_hints(
+            ticket_id,
+            event_type,
+            org_id,
+            event_time_ms,
+            Payload::from_value(&payload),
+            hints,
+        )
+    }
+
+    /// Builds an event and its deduplication key from a payload already read.
+    pub fn with_hints(
+        ticket_id: String,
+        event_type: String,
+        org_id: Option<String>,
+        event_time_ms: Option<i64>,
+        payload: Payload,
+        hints: Hints,
+    ) -> Self {
         let mut hasher = Sha256::new();
         for part in [org_id.as_deref().unwrap_or(""), &event_type, &ticket_id] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
         }
         hasher.update(event_time_ms.unwrap_or(0).to_be_bytes());
-        // `Value` keeps object keys sorted, so equal payloads serialise to equal bytes. They are
-        // streamed into the hasher through a small buffer rather than copied whole first.
-        let mut writer = std::io::BufWriter::with_capacity(1024, HashWriter(&mut hasher));
-        let _ = serde_json::to_writer(&mut writer, &payload);
-        let _ = std::io::Write::flush(&mut writer);
-        drop(writer);
+        hasher.update(payload.json().as_bytes());
         Self {
             ticket_id,
             event_type,
             org_id,
             event_time_ms,
             payload,
+            hints,
             dedupe_key: hasher.finalize().into(),
+        }
+    }
+
+    /// An event read back from a shared queue, with the key it was accepted under.
+    pub fn restore(
+        ticket_id: String,
+        event_type: String,
+        org_id: Option<String>,
+        event_time_ms: Option<i64>,
+        payload: Payload,
+        dedupe_key: [u8; 32],
+    ) -> Self {
+        Self {
+            hints: payload.hints(),
+            ticket_id,
+            event_type,
+            org_id,
+            event_time_ms,
+            payload,
+            dedupe_key,
         }
     }
 
@@ -471,20 +507,77 @@ mod tests {
     }
 
     #[test]
-    fn identical_events_share_a_dedupe_key_and_different_times_do_not() {
-        let a = parse_delivery(
-            br#"[{"eventType":"Ticket_Update","eventTime":"1","payload":{"id":"7","b":1,"a":2}}]"#,
-        )
-        .unwrap();
-        let b = parse_delivery(
-            br#"[{"eventType":"Ticket_Update","eventTime":"1","payload":{"a":2,"id":"7","b":1}}]"#,
-        )
-        .unwrap();
-        let c = parse_delivery(
-            br#"[{"eventType":"Ticket_Update","eventTime":"2","payload":{"id":"7","b":1,"a":2}}]"#,
-        )
-        .unwrap();
-        assert_eq!(a.events[0].dedupe_key, b.events[0].dedupe_key);
-        assert_ne!(a.events[0].dedupe_key, c.events[0].dedupe_key);
+    fn identical_events_share_a_dedupe_key_and_different_times_or_payloads_do_not() {
+        let key = |body: &str| parse_delivery(body.as_bytes()).unwrap().events[0].dedupe_key;
+        let body = r#"[{"eventType":"Ticket_Update","eventTime":"1","payload":{"id":"7","b":1}}]"#;
+        assert_eq!(key(body), key(body));
+        assert_ne!(key(body), key(&body.replace(r#""1""#, r#""2""#)));
+        assert_ne!(key(body), key(&body.replace(r#""b":1"#, r#""b":2"#)));
+    }
+
+    #[test]
+    fn the_native_reader_and_the_tree_reader_agree() {
+        let bodies = [
+            r#"[{"eventType":"Ticket_Add","eventTime":"1714560000","orgId":7,
+                "payload":{"id":198709000438366101,"departmentName":"DOC","subject":"é\u00e9"}}]"#,
+            r#"[{"eventType":"ticket.created","payload":{"ticketId":"12","direction":"out"}},
+                {"eventType":"Contact_Add","payload":{"id":"1"}},{"payload":{"id":"3"}},
+                {"eventType":5,"payload":null}]"#,
+            r#"[{"eventType":"Ticket_Thread_Add","payload":{"id":"9","department":{"name":"Contact"}}}]"#,
+        ];
+        for body in bodies {
+            let fast = native::parse(body.as_bytes()).expect("a native array");
+            let general = match serde_json::from_str::<Value>(body).unwrap() {
+                Value::Array(items) => {
+                    let mut delivery = Delivery::default();
+                    for item in items {
+                        if let Value::Object(object) = item {
+                            collect_native(object, &mut delivery);
+                        }
+                    }
+                    delivery
+                }
+                _ => unreachable!(),
+            };
+            assert_eq!(fast.missing_ticket_id, general.missing_ticket_id, "{body}");
+            assert_eq!(fast.not_ticket_events, general.not_ticket_events, "{body}");
+            assert_eq!(fast.events.len(), general.events.len(), "{body}");
+            for (a, b) in fast.events.iter().zip(&general.events) {
+                assert_eq!(
+                    (
+                        &a.ticket_id,
+                        &a.event_type,
+                        &a.org_id,
+                        a.event_time_ms,
+                        &a.hints
+                    ),
+                    (
+                        &b.ticket_id,
+                        &b.event_type,
+                        &b.org_id,
+                        b.event_time_ms,
+                        &b.hints
+                    ),
+                    "{body}"
+                );
+                assert_eq!(a.payload.to_value(), b.payload.to_value(), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn arrays_the_native_reader_refuses_go_to_the_general_reader() {
+        // A scalar element, and a repeated key: the tree reader's rules apply.
+        let delivery =
+            parse_delivery(br#"[1, {"eventType":"Ticket_Add","payload":{"id":"4"}}]"#).unwrap();
+        assert_eq!(ids(&delivery), ["4"]);
+        assert_eq!(delivery.missing_ticket_id, ["unknown"]);
+        let body =
+            br#"[{"eventType":"Ticket_Add","eventType":"Ticket_Update","payload":{"id":"4"}}]"#;
+        assert!(native::parse(body).is_none());
+        assert_eq!(
+            parse_delivery(body).unwrap().events[0].event_type,
+            "Ticket_Update"
+        );
     }
 }

@@ -1,0 +1,72 @@
+//! Zoho's native delivery (a JSON array of events) read without building a tree.
+//!
+//! Each event's `payload` is kept as raw text and only the fields intake needs are parsed.
+//! Anything this reader does not expect (an element that is not an object, a repeated key)
+//! makes it give up, and the body is read by the general, tree-based reader instead, so both
+//! readers always agree.
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::payload::{Hints, Payload};
+use super::{
+    Delivery, TicketEvent, epoch_millis, id_string, is_other_module, native_ticket_id,
+    normalise_event_type,
+};
+
+/// One element of the array, its fields borrowed from the body.
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, default, rename = "eventType")]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "eventTime")]
+    event_time: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "orgId")]
+    org_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// The delivery, or `None` when the body is not a plain array of event objects.
+pub(super) fn parse(body: &[u8]) -> Option<Delivery> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
+    let mut delivery = Delivery::default();
+    for item in items {
+        // Only an object is an event (a derived reader would also take an array's items).
+        if !item.get().starts_with('{') {
+            return None;
+        }
+        collect(serde_json::from_str(item.get()).ok()?, &mut delivery);
+    }
+    Some(delivery)
+}
+
+fn collect(event: RawEvent<'_>, delivery: &mut Delivery) {
+    let small =
+        |raw: Option<&RawValue>| raw.and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+    let event_type = match small(event.event_type) {
+        Some(Value::String(name)) => normalise_event_type(&name),
+        _ => "unknown".to_owned(),
+    };
+    let payload = event.payload.map_or_else(Payload::null, Payload::from_raw);
+    let hints: Hints = payload.hints();
+    let Some(ticket_id) = native_ticket_id(&event_type, &hints) else {
+        if is_other_module(&event_type) {
+            delivery.not_ticket_events.push(event_type);
+        } else {
+            delivery.missing_ticket_id.push(event_type);
+        }
+        return;
+    };
+    let org_id = small(event.org_id).as_ref().and_then(id_string);
+    let event_time_ms = small(event.event_time).as_ref().and_then(epoch_millis);
+    delivery.events.push(TicketEvent::with_hints(
+        ticket_id,
+        event_type,
+        org_id,
+        event_time_ms,
+        payload,
+        hints,
+    ));
+}

@@ -1,0 +1,205 @@
+//! The resource a delivery carried, kept as the JSON text it arrived as.
+//!
+//! Intake reads four fields of it (ids, department, direction) and never builds a tree: a
+//! queued event then costs about its own size in memory, where a parsed tree costs several
+//! times that, and a burst of deliveries costs parsing only what routing a job needs.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::id_string;
+
+/// A payload as delivered: valid JSON, stored verbatim.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// `null`: an event without a resource (a manual run).
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+
+    /// A payload copied from already-validated JSON text.
+    pub fn from_raw(raw: &RawValue) -> Self {
+        Self(raw.to_owned())
+    }
+
+    /// A payload serialised from a tree (legacy shapes, tests).
+    pub fn from_value(value: &Value) -> Self {
+        // A `Value` always serialises: its keys are strings.
+        serde_json::value::to_raw_value(value).map_or_else(|_| Self::null(), Self)
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload as a tree, for the workflow. Text too deeply nested to parse reads as
+    /// `null`: the payload is only a hint.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.json()).unwrap_or(Value::Null)
+    }
+
+    /// The fields intake and the echo guard read, without parsing the rest.
+    pub fn hints(&self) -> Hints {
+        if !self.json().starts_with('{') {
+            // Only an object has fields (a derived reader would also take an array's items).
+            return Hints::default();
+        }
+        match serde_json::from_str::<RawHints<'_>>(self.json()) {
+            Ok(raw) => raw.into_hints(),
+            // A repeated key: read it the slow way, the last value winning as in a tree.
+            Err(_) => Hints::from_value(&self.to_value()),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.json().len())
+    }
+}
+
+/// What a payload says about the ticket without being parsed whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// `id`: the ticket's id for ticket events, the thread's or comment's for the others.
+    pub id: Option<String>,
+    /// `ticketId`: the ticket of a thread, comment, attachment or approval.
+    pub ticket_id: Option<String>,
+    pub department_id: Option<String>,
+    /// `departmentName`, `department.name` or a `department` string.
+    pub department_name: Option<String>,
+    /// A thread's direction: `out` for messages sent by agents (or by deskhook).
+    pub direction: Option<String>,
+}
+
+impl Hints {
+    pub fn from_value(payload: &Value) -> Self {
+        let text = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_owned);
+        Self {
+            id: payload.get("id").and_then(id_string),
+            ticket_id: payload.get("ticketId").and_then(id_string),
+            department_id: payload.get("departmentId").and_then(id_string),
+            department_name: text(payload.get("departmentName")).or_else(|| {
+                let department = payload.get("department")?;
+                text(department.get("name").or(Some(department)))
+            }),
+            direction: text(payload.get("direction")),
+        }
+    }
+
+    /// Whether the payload is a message written by an agent, not by the customer.
+    pub fn is_outgoing(&self) -> bool {
+        self.direction
+            .as_deref()
+            .is_some_and(|d| d.eq_ignore_ascii_case("out"))
+    }
+}
+
+/// The fields of [`Hints`], borrowed from the payload's text; every other field is skipped.
+#[derive(Deserialize)]
+struct RawHints<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "ticketId")]
+    ticket_id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "departmentId")]
+    department_id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "departmentName")]
+    department_name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    department: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    direction: Option<&'a RawValue>,
+}
+
+impl RawHints<'_> {
+    /// The same reading as [`Hints::from_value`]: each field is small, so it is parsed alone.
+    fn into_hints(self) -> Hints {
+        let small = |raw: Option<&RawValue>| {
+            raw.and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+        };
+        let text = |value: Option<Value>| match value {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        };
+        Hints {
+            id: small(self.id).as_ref().and_then(id_string),
+            ticket_id: small(self.ticket_id).as_ref().and_then(id_string),
+            department_id: small(self.department_id).as_ref().and_then(id_string),
+            department_name: text(small(self.department_name)).or_else(|| {
+                match small(self.department)? {
+                    Value::Object(mut department) => text(department.remove("name")),
+                    other => text(Some(other)),
+                }
+            }),
+            direction: text(small(self.direction)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn payload(value: Value) -> Payload {
+        Payload::from_value(&value)
+    }
+
+    #[test]
+    fn hints_read_ids_department_and_direction() {
+        let hints = payload(json!({
+            "id": 1892000000099001_u64,
+            "ticketId": "1892000000042034",
+            "departmentId": "7",
+            "department": {"name": "DOC"},
+            "direction": "OUT",
+            "content": "<p>long text</p>",
+        }))
+        .hints();
+        assert_eq!(hints.id.as_deref(), Some("1892000000099001"));
+        assert_eq!(hints.ticket_id.as_deref(), Some("1892000000042034"));
+        assert_eq!(hints.department_id.as_deref(), Some("7"));
+        assert_eq!(hints.department_name.as_deref(), Some("DOC"));
+        assert!(hints.is_outgoing());
+    }
+
+    #[test]
+    fn a_repeated_key_reads_as_a_tree_reads_it() {
+        let raw = r#"{"id":"1","departmentName":"DOC","departmentName":"Contact"}"#;
+        let payload = Payload(RawValue::from_string(raw.to_owned()).unwrap());
+        let hints = payload.hints();
+        assert_eq!(hints.department_name.as_deref(), Some("Contact"));
+        assert_eq!(hints, Hints::from_value(&payload.to_value()));
+    }
+
+    #[test]
+    fn payloads_that_are_not_objects_have_no_hints() {
+        for value in [json!(null), json!([1, 2]), json!("text"), json!(5)] {
+            assert_eq!(payload(value).hints(), Hints::default());
+        }
+    }
+
+    #[test]
+    fn the_text_is_kept_verbatim() {
+        let raw = RawValue::from_string(r#"{"b": 1, "a": [ 2 ]}"#.to_owned()).unwrap();
+        let payload = Payload::from_raw(&raw);
+        assert_eq!(payload.json(), r#"{"b": 1, "a": [ 2 ]}"#);
+        assert_eq!(payload.to_value(), json!({"a": [2], "b": 1}));
+        assert_eq!(format!("{payload:?}"), "Payload(20 bytes)");
+    }
+}
