@@ -19,7 +19,7 @@ use crate::config::{
 };
 use crate::crd::QueueBackend;
 use crate::decisions::DecisionLog;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::kube::{KubeError, KubeOptions};
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueue, Queue, RedisQueue, RedisQueueOptions};
@@ -335,7 +335,7 @@ async fn launch(
     }
     let decisions = Arc::new(decisions);
     let draining = Arc::new(AtomicBool::new(false));
-    let state = AppState {
+    let state = AppState::new(Shared {
         settings: settings_handle.clone(),
         verifier,
         queue: queue.clone(),
@@ -347,7 +347,7 @@ async fn launch(
         started,
         guard: Arc::default(),
         rejections: Arc::default(),
-    };
+    });
 
     let listener = bind(options.listen).await?;
     let admin_listener = bind(options.metrics_listen).await?;

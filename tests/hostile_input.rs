@@ -38,7 +38,11 @@ fn deep_nesting_inside_a_native_payload_is_kept_as_text_without_overflowing_the_
         let event = &delivery.events[0];
         assert_eq!(event.ticket_id, "5");
         // Too deep to become a tree: the workflow reads it as no payload at all.
-        assert_eq!(event.payload.to_value().is_null(), depth > 128, "depth {depth}");
+        assert_eq!(
+            event.payload.to_value().is_null(),
+            depth > 128,
+            "depth {depth}"
+        );
     }
 }
 

@@ -5,7 +5,12 @@
 //! makes it give up, and the body is read by the general, tree-based reader instead, so both
 //! readers always agree.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -30,16 +35,38 @@ struct RawEvent<'a> {
 
 /// The delivery, or `None` when the body is not a plain array of event objects.
 pub(super) fn parse(body: &[u8]) -> Option<Delivery> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
+    let events: Vec<Object<RawEvent<'_>>> = serde_json::from_slice(body).ok()?;
     let mut delivery = Delivery::default();
-    for item in items {
-        // Only an object is an event (a derived reader would also take an array's items).
-        if !item.get().starts_with('{') {
-            return None;
-        }
-        collect(serde_json::from_str(item.get()).ok()?, &mut delivery);
+    for Object(event) in events {
+        collect(event, &mut delivery);
     }
     Some(delivery)
+}
+
+/// A `T` read only from a JSON object: a derived reader would also take an array's items as
+/// the fields in order, which the tree reader never does.
+pub(super) struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(Object)
+    }
 }
 
 fn collect(event: RawEvent<'_>, delivery: &mut Delivery) {

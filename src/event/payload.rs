@@ -11,6 +11,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::id_string;
+use super::native::Object;
 
 /// A payload as delivered: valid JSON, stored verbatim.
 #[derive(Clone, Serialize, Deserialize)]
@@ -48,11 +49,10 @@ impl Payload {
     /// The fields intake and the echo guard read, without parsing the rest.
     pub fn hints(&self) -> Hints {
         if !self.json().starts_with('{') {
-            // Only an object has fields (a derived reader would also take an array's items).
             return Hints::default();
         }
-        match serde_json::from_str::<RawHints<'_>>(self.json()) {
-            Ok(raw) => raw.into_hints(),
+        match serde_json::from_str::<Object<RawHints<'_>>>(self.json()) {
+            Ok(Object(raw)) => raw.into_hints(),
             // A repeated key: read it the slow way, the last value winning as in a tree.
             Err(_) => Hints::from_value(&self.to_value()),
         }

@@ -30,9 +30,27 @@ use crate::workflow::Workflow;
 pub use guard::MAX_BODY_BYTES;
 pub use listener::serve_public;
 
-/// Everything a handler may read; cloned per request (all fields are shared handles).
+/// Everything a handler may read. Cloned per request (twice: the guard and the handler), so
+/// it is one shared allocation and a clone is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles behind an [`AppState`].
+pub struct Shared {
     pub settings: SettingsHandle,
     pub verifier: Arc<Verifier>,
     pub queue: Arc<dyn Queue>,

@@ -32,6 +32,13 @@ struct EventStatus {
     status: &'static str,
 }
 
+/// The answer to a delivery: what became of each event.
+#[derive(Serialize)]
+struct Answer {
+    success: bool,
+    events: Vec<EventStatus>,
+}
+
 /// Zoho validates a webhook URL with a GET when the webhook is saved.
 pub async fn validation_get() -> Response {
     Json(json!({"success": true, "service": "deskhook"})).into_response()
@@ -117,9 +124,13 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
     }
 
     match enqueue(state, &settings, delivery).await {
-        Ok(statuses) => {
+        Ok(events) => {
             outcome("accepted");
-            Json(json!({"success": true, "events": statuses})).into_response()
+            Json(Answer {
+                success: true,
+                events,
+            })
+            .into_response()
         }
         Err(error) => {
             outcome("unavailable");

@@ -17,12 +17,12 @@ use super::connection::{ZohoConnection, ZohoConnector};
 use super::echo::EchoGuard;
 use super::ledger::StepLedger;
 use super::linking::{self, LinkStrategy, Message};
+use super::offline;
 use super::reply::{self, ReplyError, ReplyRewriter, ReplyRules};
 use super::rules::{self, RoutingInput};
 use super::text;
 use super::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus, Workflow};
 use crate::config::Settings;
-use crate::event::TicketEvent;
 use crate::queue::Job;
 use crate::region;
 use crate::zoho::{Api, Call, ContentType, Reply, Thread, Ticket, ZohoClients, ZohoError};
@@ -81,20 +81,20 @@ impl AutomationWorkflow {
 
 /// What the workflow knows about a ticket once fetched.
 #[derive(Debug, Default)]
-struct Facts {
-    subject: String,
+pub(super) struct Facts {
+    pub subject: String,
     /// The latest customer message, quoted history removed.
-    message: String,
-    department_id: Option<String>,
-    department: Option<String>,
-    status: Option<String>,
-    customer_email: Option<String>,
-    customer_name: Option<String>,
-    phone: Option<String>,
+    pub message: String,
+    pub department_id: Option<String>,
+    pub department: Option<String>,
+    pub status: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_name: Option<String>,
+    pub phone: Option<String>,
     /// The current value of the ticket's link field.
-    link_field: Option<String>,
-    ticket_number: Option<String>,
-    web_url: Option<String>,
+    pub link_field: Option<String>,
+    pub ticket_number: Option<String>,
+    pub web_url: Option<String>,
 }
 
 /// The deal found for a ticket.
@@ -157,7 +157,7 @@ impl AutomationWorkflow {
         let facts = match &zoho {
             None => {
                 report.offline = true;
-                Ok(facts_from_event(event, settings))
+                Ok(offline::facts_from_event(event, settings))
             }
             Some(zoho) => fetch(zoho, &event.ticket_id, settings).await,
         };
@@ -437,16 +437,20 @@ impl AutomationWorkflow {
             }
             Some(deal) => Ok(format!("note on deal {}", deal.id)),
         };
-        let note = note_text(
-            report,
-            &outcome.note,
-            &context(
-                &facts,
-                deal.as_ref(),
-                rule_name.as_deref(),
-                &event.ticket_id,
+        // Written only when a note is due (never offline, where no deal is found).
+        let note = match &need {
+            Ok(_) => note_text(
+                report,
+                &outcome.note,
+                &context(
+                    &facts,
+                    deal.as_ref(),
+                    rule_name.as_deref(),
+                    &event.ticket_id,
+                ),
             ),
-        );
+            Err(_) => String::new(),
+        };
         self.write(
             report,
             zoho,
@@ -755,51 +759,6 @@ fn latest_inbound(threads: &[Thread]) -> Option<&Thread> {
         .iter()
         .filter(|t| t.is_incoming() && t.status.as_deref() != Some("DRAFT"))
         .max_by(|a, b| a.created_time.cmp(&b.created_time))
-}
-
-/// Offline: what the event itself says (a ticket, or a thread for thread events).
-fn facts_from_event(event: &TicketEvent, settings: &Settings) -> Facts {
-    let payload = event.payload.to_value();
-    let text_of = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_owned);
-    let body = ["content", "summary", "description"]
-        .iter()
-        .find_map(|key| text_of(key))
-        .map(|html| text::html_to_text(&html))
-        .unwrap_or_default();
-    let staff = &settings.spec.linking.staff_domains;
-    let from = text_of("fromEmailAddress");
-    let message = Message {
-        from: from.as_deref(),
-        body: &body,
-        is_forward: payload
-            .get("isForward")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-    };
-    let email = text_of("email");
-    Facts {
-        subject: text_of("subject").unwrap_or_default(),
-        message: text::strip_quoted(&body),
-        department_id: event.department_id().map(str::to_owned),
-        department: event.department_name().map(str::to_owned),
-        status: text_of("status"),
-        customer_email: linking::customer_email(Some(&message), email.as_deref(), staff),
-        customer_name: payload
-            .pointer("/contact/firstName")
-            .or_else(|| payload.pointer("/author/name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        phone: text_of("phone"),
-        link_field: payload
-            .get("cf")
-            .and_then(|cf| cf.get(&settings.spec.linking.ticket_field))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        ticket_number: payload
-            .get("ticketNumber")
-            .map(|n| n.to_string().trim_matches('"').to_owned()),
-        web_url: text_of("webUrl"),
-    }
 }
 
 /// The deal behind the ticket: its link field, then the customer's email, then the phone.

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod echo;
 pub mod ledger;
 pub mod linking;
+mod offline;
 pub mod reply;
 pub mod report;
 pub mod rules;

@@ -18,7 +18,7 @@ pub fn html_to_text(html: &str) -> String {
     let html = truncate(html, MAX_TEXT_BYTES);
     let mut out = String::with_capacity(html.len());
     let mut rest = html;
-    while let Some(at) = rest.find(['<', '&']) {
+    while let Some(at) = memchr::memchr2(b'<', b'&', rest.as_bytes()) {
         out.push_str(&rest[..at]);
         let (special, after) = rest[at..].split_at(1);
         rest = if special == "<" {
