@@ -123,6 +123,9 @@ class Server:
     def rss_kb(self):
         return tree_rss_kb(self.proc.pid)
 
+    def cpu_seconds(self):
+        return tree_cpu_seconds(self.proc.pid)
+
 
 def http_get_status(port, path):
     try:
@@ -143,19 +146,44 @@ def http_get(port, path):
     return data.split(b"\r\n\r\n", 1)[-1].decode()
 
 
-def tree_rss_kb(pid):
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,rss="], capture_output=True, text=True).stdout
-    kids, rss = {}, {}
+def tree_pids(pid):
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    kids = {}
     for line in out.splitlines():
-        p, pp, r = map(int, line.split())
+        p, pp = map(int, line.split())
         kids.setdefault(pp, []).append(p)
-        rss[p] = r
-    total, stack = 0, [pid]
+    found, stack = [], [pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
+        found.append(p)
         stack += kids.get(p, [])
-    return total
+    return found
+
+
+def proc_status_kb(pid, field):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_kb(pid):
+    return sum(proc_status_kb(p, "VmRSS") for p in tree_pids(pid))
+
+
+def tree_cpu_seconds(pid):
+    """User + system CPU time of the process tree (gunicorn has several processes)."""
+    ticks = 0
+    for p in tree_pids(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def queue_depth(metrics_port):
@@ -219,14 +247,21 @@ def run_cell(server, size, conns, args):
             samples.append(server.rss_kb())
 
     th = threading.Thread(target=sampler)
+    cpu_before = server.cpu_seconds()
     th.start()
     try:
         r = loadgen(server.port, size, conns, args.duration, args.warmup)
     finally:
         stop.set()
         th.join()
+    # The work a request leaves behind (deskhook's workflow, gunicorn's backlog) is counted too.
+    if server.name == "deskhook":
+        wait_drained(BASE_PORT + 9)
+    settle(0.5)
+    sent = r["requests"] * (args.duration + args.warmup) / args.duration
     r.update(server=server.name, size=size, conns=conns,
-             peak_rss_mb=round(max(samples + [server.rss_kb()]) / 1024, 1))
+             peak_rss_mb=round(max(samples + [server.rss_kb()]) / 1024, 1),
+             cpu_us_per_request=round((server.cpu_seconds() - cpu_before) * 1e6 / max(sent, 1), 1))
     return r
 
 
@@ -263,6 +298,9 @@ def intake(args):
                 extra["startup_ms"] = round(ms, 1)
                 time.sleep(1)
                 extra["idle_rss_mb"] = round(s.rss_kb() / 1024, 1)
+                # Private memory, and the binary's pages (shared by every replica on a node).
+                extra["idle_rss_anon_mb"] = round(proc_status_kb(s.proc.pid, "RssAnon") / 1024, 1)
+                extra["idle_rss_file_mb"] = round(proc_status_kb(s.proc.pid, "RssFile") / 1024, 1)
                 for line in open(s.log_path, errors="replace"):
                     if "deskhook ready" in line:
                         try:
@@ -332,15 +370,16 @@ def median_rows(results):
     for key, rs in keyed.items():
         med = lambda k: statistics.median(x[k] for x in rs)
         rows[key] = {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
-                     "peak_rss_mb": med("peak_rss_mb"), "mix": status_mix(rs[-1])}
+                     "peak_rss_mb": med("peak_rss_mb"), "mix": status_mix(rs[-1]),
+                     "cpu": med("cpu_us_per_request")}
     return rows
 
 
 def report(results, extra, args):
     rows = median_rows(results)
     names = args.servers.split(",")
-    lines = ["| server | body | conns | req/s | p50 ms | p99 ms | peak RSS MB | status mix (last rep) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| server | body | conns | req/s | p50 ms | p99 ms | peak RSS MB | server CPU µs/req | "
+             "status mix (last rep) |", "|---|---|---|---|---|---|---|---|---|"]
     ratio = ["| body | conns | deskhook req/s | ceiling req/s | original req/s | deskhook/ceiling | "
              "deskhook/original | deskhook/rust-hot |", "|---|---|---|---|---|---|---|---|"]
     for size in args.sizes.split(","):
@@ -349,7 +388,7 @@ def report(results, extra, args):
                 r = rows.get((name, size, conns))
                 if r:
                     lines.append(f"| {name} | {size} | {conns} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
-                                 f"{r['p99_ms']:.2f} | {r['peak_rss_mb']:.1f} | {r['mix']} |")
+                                 f"{r['p99_ms']:.2f} | {r['peak_rss_mb']:.1f} | {r['cpu']:.0f} | {r['mix']} |")
             d = rows.get(("deskhook", size, conns))
             c = rows.get(("rust-const", size, conns))
             o = rows.get(("flask-sync", size, conns))
