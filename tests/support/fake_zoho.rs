@@ -124,7 +124,8 @@ impl Drop for FakeZoho {
 
 struct Shared {
     state: Mutex<FakeState>,
-    in_flight: AtomicUsize,
+    /// Calls in progress, per product: Zoho limits Desk and CRM concurrency separately.
+    in_flight: [AtomicUsize; 2],
     max_in_flight: AtomicUsize,
 }
 
@@ -185,7 +186,7 @@ impl FakeZoho {
                 deal_update_errors: HashMap::new(),
                 calls: Vec::new(),
             }),
-            in_flight: AtomicUsize::new(0),
+            in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
             max_in_flight: AtomicUsize::new(0),
         });
         let app = router(shared.clone());
@@ -339,7 +340,8 @@ impl FakeZoho {
         self.shared.lock().token_latency = latency;
     }
 
-    /// Desk and CRM calls beyond `limit` at once answer 429 `TOO_MANY_REQUESTS`.
+    /// Desk calls beyond `limit` at once, or CRM calls beyond `limit` at once, answer 429
+    /// `TOO_MANY_REQUESTS`: each product has its own concurrency limit.
     pub fn limit_concurrency(&self, limit: usize) {
         self.shared.lock().concurrency_limit = Some(limit);
     }
@@ -391,7 +393,7 @@ impl FakeZoho {
         self.calls_to("refresh_token").len()
     }
 
-    /// The most Desk and CRM calls in progress at the same time.
+    /// The most calls to one product (Desk or CRM) in progress at the same time.
     pub fn max_concurrency_seen(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
@@ -518,12 +520,12 @@ fn operation(method: &Method, path: &str) -> &'static str {
     }
 }
 
-/// Counts a call in progress until dropped.
-struct InFlight(Arc<Shared>);
+/// Counts a call in progress to one product until dropped.
+struct InFlight(Arc<Shared>, usize);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight[self.1].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -574,11 +576,15 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
         state.calls.len() - 1
     };
 
-    let counted = matches!(api, ApiKind::Desk | ApiKind::Crm);
-    let in_flight = counted.then(|| {
-        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let product = match api {
+        ApiKind::Desk => Some(0),
+        ApiKind::Crm => Some(1),
+        _ => None,
+    };
+    let in_flight = product.map(|product| {
+        let now = shared.in_flight[product].fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        (now, InFlight(shared.clone()))
+        (now, InFlight(shared.clone(), product))
     });
     let (limit, latency, fault) = {
         let mut state = shared.lock();
