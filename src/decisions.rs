@@ -66,14 +66,18 @@ impl DecisionLog {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
-        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        if reports.len() == self.capacity {
-            reports.pop_back();
-        }
-        reports.push_front(StoredDecision {
+        let stored = StoredDecision {
             id,
             report: Arc::new(report),
-        });
+        };
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let evicted = (reports.len() == self.capacity)
+            .then(|| reports.pop_back())
+            .flatten();
+        reports.push_front(stored);
+        drop(reports);
+        // The oldest report is freed after the lock is released: other workers need it.
+        drop(evicted);
     }
 
     /// Every retained decision with its id, newest first: every pod's with Redis.
