@@ -377,6 +377,8 @@ impl TicketEvent {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn ids(delivery: &Delivery) -> Vec<&str> {
@@ -515,53 +517,130 @@ mod tests {
         assert_ne!(key(body), key(&body.replace(r#""b":1"#, r#""b":2"#)));
     }
 
+    /// Asserts that the native reader and the tree reader read `body` the same way.
+    fn assert_readers_agree(body: &str) {
+        let fast = native::parse(body.as_bytes()).expect("a native array");
+        let mut general = Delivery::default();
+        let Value::Array(items) = serde_json::from_str::<Value>(body).unwrap() else {
+            panic!("not an array: {body}");
+        };
+        for item in items {
+            if let Value::Object(object) = item {
+                collect_native(object, &mut general);
+            }
+        }
+        assert_eq!(fast.missing_ticket_id, general.missing_ticket_id, "{body}");
+        assert_eq!(fast.not_ticket_events, general.not_ticket_events, "{body}");
+        assert_eq!(fast.events.len(), general.events.len(), "{body}");
+        for (a, b) in fast.events.iter().zip(&general.events) {
+            let read = |e: &TicketEvent| {
+                (
+                    e.ticket_id.clone(),
+                    e.event_type.clone(),
+                    e.org_id.clone(),
+                    e.event_time_ms,
+                    e.hints.clone(),
+                    e.payload.to_value(),
+                )
+            };
+            assert_eq!(read(a), read(b), "{body}");
+        }
+    }
+
     #[test]
     fn the_native_reader_and_the_tree_reader_agree() {
-        let bodies = [
+        for body in [
             r#"[{"eventType":"Ticket_Add","eventTime":"1714560000","orgId":7,
                 "payload":{"id":198709000438366101,"departmentName":"DOC","subject":"é\u00e9"}}]"#,
             r#"[{"eventType":"ticket.created","payload":{"ticketId":"12","direction":"out"}},
                 {"eventType":"Contact_Add","payload":{"id":"1"}},{"payload":{"id":"3"}},
                 {"eventType":5,"payload":null}]"#,
             r#"[{"eventType":"Ticket_Thread_Add","payload":{"id":"9","department":{"name":"Contact"}}}]"#,
+        ] {
+            assert_readers_agree(body);
+        }
+    }
+
+    /// A JSON value of the kinds Zoho's fields hold, and the wrong kinds.
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e20..1e20f64).prop_map(Value::from),
+            "[0-9]{0,20}".prop_map(Value::from),
+            " ?[0-9a-zA-Z_. é]{0,12}".prop_map(Value::from),
+        ]
+    }
+
+    fn payload() -> impl Strategy<Value = Value> {
+        let keys = [
+            "id",
+            "ticketId",
+            "departmentId",
+            "departmentName",
+            "department",
+            "direction",
+            "subject",
         ];
-        for body in bodies {
-            let fast = native::parse(body.as_bytes()).expect("a native array");
-            let general = match serde_json::from_str::<Value>(body).unwrap() {
-                Value::Array(items) => {
-                    let mut delivery = Delivery::default();
-                    for item in items {
-                        if let Value::Object(object) = item {
-                            collect_native(object, &mut delivery);
-                        }
+        prop_oneof![
+            proptest::collection::btree_map(
+                proptest::sample::select(keys.to_vec()).prop_map(str::to_owned),
+                prop_oneof![
+                    scalar(),
+                    scalar().prop_map(|name| serde_json::json!({ "name": name })),
+                ],
+                0..6,
+            )
+            .prop_map(|map| Value::Object(map.into_iter().collect())),
+            scalar(),
+            Just(serde_json::json!([1, 2])),
+        ]
+    }
+
+    fn native_event() -> impl Strategy<Value = Value> {
+        let types = prop_oneof![
+            proptest::sample::select(vec![
+                "Ticket_Add",
+                "Ticket_Update",
+                "Ticket_Thread_Add",
+                "Ticket_Comment_Add",
+                "Contact_Add",
+                "ticket.created",
+                "Custom_Event",
+            ])
+            .prop_map(Value::from),
+            scalar(),
+        ];
+        (
+            proptest::option::of(types),
+            proptest::option::of(scalar()),
+            proptest::option::of(scalar()),
+            proptest::option::of(payload()),
+        )
+            .prop_map(|(event_type, time, org, payload)| {
+                let mut event = serde_json::Map::new();
+                for (key, value) in [
+                    ("eventType", event_type),
+                    ("eventTime", time),
+                    ("orgId", org),
+                    ("payload", payload),
+                ] {
+                    if let Some(value) = value {
+                        event.insert(key.to_owned(), value);
                     }
-                    delivery
                 }
-                _ => unreachable!(),
-            };
-            assert_eq!(fast.missing_ticket_id, general.missing_ticket_id, "{body}");
-            assert_eq!(fast.not_ticket_events, general.not_ticket_events, "{body}");
-            assert_eq!(fast.events.len(), general.events.len(), "{body}");
-            for (a, b) in fast.events.iter().zip(&general.events) {
-                assert_eq!(
-                    (
-                        &a.ticket_id,
-                        &a.event_type,
-                        &a.org_id,
-                        a.event_time_ms,
-                        &a.hints
-                    ),
-                    (
-                        &b.ticket_id,
-                        &b.event_type,
-                        &b.org_id,
-                        b.event_time_ms,
-                        &b.hints
-                    ),
-                    "{body}"
-                );
-                assert_eq!(a.payload.to_value(), b.payload.to_value(), "{body}");
-            }
+                Value::Object(event)
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_readers_agree_on_any_native_array(
+            events in proptest::collection::vec(native_event(), 0..4)
+        ) {
+            assert_readers_agree(&Value::Array(events).to_string());
         }
     }
 
