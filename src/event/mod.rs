@@ -151,25 +151,38 @@ fn collect_native(object: Map<String, Value>, delivery: &mut Delivery) {
         .unwrap_or_else(|| "unknown".to_owned());
     let payload = object.get("payload").cloned().unwrap_or(Value::Null);
     let hints = Hints::from_value(&payload);
-    let ticket_id = native_ticket_id(&event_type, &hints);
-    let Some(ticket_id) = ticket_id else {
-        if is_other_module(&event_type) {
-            delivery.not_ticket_events.push(event_type);
-        } else {
-            delivery.missing_ticket_id.push(event_type);
-        }
-        return;
-    };
-    let org_id = object.get("orgId").and_then(id_string);
-    let event_time_ms = object.get("eventTime").and_then(epoch_millis);
-    delivery.events.push(TicketEvent::with_hints(
-        ticket_id,
+    file_native(
+        delivery,
         event_type,
-        org_id,
-        event_time_ms,
         Payload::from_value(&payload),
         hints,
-    ));
+        object.get("orgId").and_then(id_string),
+        object.get("eventTime").and_then(epoch_millis),
+    );
+}
+
+/// Files one native event, read by either reader: as an event when it names a ticket, else
+/// by why it does not.
+fn file_native(
+    delivery: &mut Delivery,
+    event_type: String,
+    payload: Payload,
+    hints: Hints,
+    org_id: Option<String>,
+    event_time_ms: Option<i64>,
+) {
+    match native_ticket_id(&event_type, &hints) {
+        Some(ticket_id) => delivery.events.push(TicketEvent::with_hints(
+            ticket_id,
+            event_type,
+            org_id,
+            event_time_ms,
+            payload,
+            hints,
+        )),
+        None if is_other_module(&event_type) => delivery.not_ticket_events.push(event_type),
+        None => delivery.missing_ticket_id.push(event_type),
+    }
 }
 
 /// Thread, comment, attachment and approval events name their ticket in `ticketId`; ticket

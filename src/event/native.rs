@@ -14,11 +14,8 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::payload::{Hints, Payload};
-use super::{
-    Delivery, TicketEvent, epoch_millis, id_string, is_other_module, native_ticket_id,
-    normalise_event_type,
-};
+use super::payload::{Payload, small_value};
+use super::{Delivery, epoch_millis, file_native, id_string, normalise_event_type};
 
 /// One element of the array, its fields borrowed from the body.
 #[derive(Deserialize)]
@@ -70,30 +67,20 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 }
 
 fn collect(event: RawEvent<'_>, delivery: &mut Delivery) {
-    let small =
-        |raw: Option<&RawValue>| raw.and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
-    let event_type = match small(event.event_type) {
+    let event_type = match small_value(event.event_type) {
         Some(Value::String(name)) => normalise_event_type(&name),
         _ => "unknown".to_owned(),
     };
     let payload = event.payload.map_or_else(Payload::null, Payload::from_raw);
-    let hints: Hints = payload.hints();
-    let Some(ticket_id) = native_ticket_id(&event_type, &hints) else {
-        if is_other_module(&event_type) {
-            delivery.not_ticket_events.push(event_type);
-        } else {
-            delivery.missing_ticket_id.push(event_type);
-        }
-        return;
-    };
-    let org_id = small(event.org_id).as_ref().and_then(id_string);
-    let event_time_ms = small(event.event_time).as_ref().and_then(epoch_millis);
-    delivery.events.push(TicketEvent::with_hints(
-        ticket_id,
+    let hints = payload.hints();
+    file_native(
+        delivery,
         event_type,
-        org_id,
-        event_time_ms,
         payload,
         hints,
-    ));
+        small_value(event.org_id).as_ref().and_then(id_string),
+        small_value(event.event_time)
+            .as_ref()
+            .and_then(epoch_millis),
+    );
 }

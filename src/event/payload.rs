@@ -108,6 +108,11 @@ impl Hints {
     }
 }
 
+/// A small raw field as a tree, so it is read by the tree reader's exact rules.
+pub(super) fn small_value(raw: Option<&RawValue>) -> Option<Value> {
+    raw.and_then(|raw| serde_json::from_str(raw.get()).ok())
+}
+
 /// The fields of [`Hints`], borrowed from the payload's text; every other field is skipped.
 #[derive(Deserialize)]
 struct RawHints<'a> {
@@ -128,24 +133,21 @@ struct RawHints<'a> {
 impl RawHints<'_> {
     /// The same reading as [`Hints::from_value`]: each field is small, so it is parsed alone.
     fn into_hints(self) -> Hints {
-        let small = |raw: Option<&RawValue>| {
-            raw.and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-        };
         let text = |value: Option<Value>| match value {
             Some(Value::String(text)) => Some(text),
             _ => None,
         };
         Hints {
-            id: small(self.id).as_ref().and_then(id_string),
-            ticket_id: small(self.ticket_id).as_ref().and_then(id_string),
-            department_id: small(self.department_id).as_ref().and_then(id_string),
-            department_name: text(small(self.department_name)).or_else(|| {
-                match small(self.department)? {
-                    Value::Object(mut department) => text(department.remove("name")),
-                    other => text(Some(other)),
-                }
+            id: small_value(self.id).as_ref().and_then(id_string),
+            ticket_id: small_value(self.ticket_id).as_ref().and_then(id_string),
+            department_id: small_value(self.department_id).as_ref().and_then(id_string),
+            department_name: text(small_value(self.department_name)).or_else(|| match small_value(
+                self.department,
+            )? {
+                Value::Object(mut department) => text(department.remove("name")),
+                other => text(Some(other)),
             }),
-            direction: text(small(self.direction)),
+            direction: text(small_value(self.direction)),
         }
     }
 }
