@@ -4,11 +4,8 @@
 //! The payload is read into the few fields used, skipping the rest without building a tree.
 //! A field of an unexpected type reads as absent, as it would through a JSON tree.
 
-use std::fmt;
-
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::automation::Facts;
 use super::linking::{self, Message};
@@ -16,37 +13,24 @@ use super::text;
 use crate::config::Settings;
 use crate::event::TicketEvent;
 
-/// What the offline workflow reads from a payload.
+/// What the offline workflow reads from a payload; each field as sent, whatever its type.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct PayloadFacts {
-    #[serde(deserialize_with = "lenient_text")]
-    subject: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    content: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    summary: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    description: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    from_email_address: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    email: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    status: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    phone: Option<String>,
-    #[serde(deserialize_with = "lenient_text")]
-    web_url: Option<String>,
-    #[serde(deserialize_with = "lenient_flag")]
-    is_forward: bool,
-    #[serde(deserialize_with = "lenient_object")]
-    cf: Option<Map<String, Value>>,
+    subject: Option<Value>,
+    content: Option<Value>,
+    summary: Option<Value>,
+    description: Option<Value>,
+    from_email_address: Option<Value>,
+    email: Option<Value>,
+    status: Option<Value>,
+    phone: Option<Value>,
+    web_url: Option<Value>,
+    is_forward: Option<Value>,
+    cf: Option<Value>,
     ticket_number: Option<Value>,
-    #[serde(deserialize_with = "lenient_object")]
-    contact: Option<Map<String, Value>>,
-    #[serde(deserialize_with = "lenient_object")]
-    author: Option<Map<String, Value>>,
+    contact: Option<Value>,
+    author: Option<Value>,
 }
 
 impl PayloadFacts {
@@ -58,129 +42,56 @@ impl PayloadFacts {
     }
 }
 
+/// The field's text, if it is a string.
+fn text_of(value: Option<Value>) -> Option<String> {
+    match value {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// The text of `object.key`, if `object` is an object and that field a string.
+fn text_in(object: &Option<Value>, key: &str) -> Option<String> {
+    object
+        .as_ref()
+        .and_then(|o| o.get(key))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
 /// What the event itself says about the ticket.
 pub(super) fn facts_from_event(event: &TicketEvent, settings: &Settings) -> Facts {
     let payload = PayloadFacts::read(event);
-    let body = payload
-        .content
-        .as_deref()
-        .or(payload.summary.as_deref())
-        .or(payload.description.as_deref())
+    let body = [&payload.content, &payload.summary, &payload.description]
+        .into_iter()
+        .find_map(|field| field.as_ref().and_then(Value::as_str))
         .map(text::html_to_text)
         .unwrap_or_default();
+    let from = text_of(payload.from_email_address);
     let message = Message {
-        from: payload.from_email_address.as_deref(),
+        from: from.as_deref(),
         body: &body,
-        is_forward: payload.is_forward,
+        is_forward: payload.is_forward == Some(Value::Bool(true)),
     };
+    let email = text_of(payload.email);
     let staff = &settings.spec.linking.staff_domains;
-    let name = |object: &Option<Map<String, Value>>, key: &str| {
-        object
-            .as_ref()
-            .and_then(|o| o.get(key))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
     Facts {
-        customer_email: linking::customer_email(Some(&message), payload.email.as_deref(), staff),
+        customer_email: linking::customer_email(Some(&message), email.as_deref(), staff),
         message: text::strip_quoted(&body),
-        subject: payload.subject.unwrap_or_default(),
+        subject: text_of(payload.subject).unwrap_or_default(),
         department_id: event.department_id().map(str::to_owned),
         department: event.department_name().map(str::to_owned),
-        status: payload.status,
-        customer_name: name(&payload.contact, "firstName")
-            .or_else(|| name(&payload.author, "name")),
-        phone: payload.phone,
-        link_field: name(&payload.cf, &settings.spec.linking.ticket_field),
+        status: text_of(payload.status),
+        customer_name: text_in(&payload.contact, "firstName")
+            .or_else(|| text_in(&payload.author, "name")),
+        phone: text_of(payload.phone),
+        link_field: text_in(&payload.cf, &settings.spec.linking.ticket_field),
         ticket_number: payload.ticket_number.and_then(|number| match number {
             Value::String(text) => Some(text),
             Value::Number(number) => Some(number.to_string()),
             _ => None,
         }),
-        web_url: payload.web_url,
-    }
-}
-
-/// A string, or nothing for any other JSON value (which is skipped unread).
-fn lenient_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    deserializer.deserialize_any(Lenient(|value: Scalar<'_>| match value {
-        Scalar::Text(text) => Some(text.to_owned()),
-        _ => None,
-    }))
-}
-
-/// A boolean, or false for any other JSON value.
-fn lenient_flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    deserializer
-        .deserialize_any(Lenient(|value: Scalar<'_>| {
-            matches!(value, Scalar::Flag(true)).then_some(())
-        }))
-        .map(|flag| flag.is_some())
-}
-
-/// An object, or nothing for any other JSON value.
-fn lenient_object<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Map<String, Value>>, D::Error> {
-    match Value::deserialize(deserializer)? {
-        Value::Object(object) => Ok(Some(object)),
-        _ => Ok(None),
-    }
-}
-
-/// The scalar a [`Lenient`] visitor saw; containers and numbers are skipped.
-enum Scalar<'a> {
-    Text(&'a str),
-    Flag(bool),
-    Other,
-}
-
-/// Visits any JSON value and keeps what its function picks from it.
-struct Lenient<F>(F);
-
-impl<'de, T, F: FnOnce(Scalar<'_>) -> Option<T>> Visitor<'de> for Lenient<F> {
-    type Value = Option<T>;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("any JSON value")
-    }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Text(text)))
-    }
-
-    fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Flag(flag)))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Other))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Other))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Other))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Other))
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok((self.0)(Scalar::Other))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok((self.0)(Scalar::Other))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok((self.0)(Scalar::Other))
+        web_url: text_of(payload.web_url),
     }
 }
 
