@@ -1,13 +1,17 @@
 //! Logging and tracing: JSON lines in production, readable text in a terminal, level from
 //! `RUST_LOG`; spans exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
+//! Log lines are written by a thread of their own, which writes whatever has accumulated in
+//! one system call: under a burst, one line per ticket would otherwise cost one `write` each.
 
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// How log lines are written.
@@ -19,19 +23,26 @@ pub enum LogFormat {
     Text,
 }
 
-/// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes the last spans.
+/// Log lines waiting for the writer thread at most; past this, logging waits (no line is
+/// dropped). About 1 MB of JSON lines.
+const BUFFERED_LINES: usize = 4096;
+
+/// Keeps the span exporter and the log writer alive; [`Telemetry::shutdown`] flushes both.
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
+    log_writer: WorkerGuard,
 }
 
 impl Telemetry {
-    /// Exports the spans still buffered. Without this the last spans of a run are lost.
+    /// Exports the spans still buffered, then writes the last log lines. Without this the
+    /// last spans and lines of a run are lost.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(error) = provider.shutdown()
         {
             tracing::warn!(error = %error, "failed to flush the last spans");
         }
+        drop(self.log_writer);
     }
 }
 
@@ -64,19 +75,31 @@ pub fn init(format: LogFormat) -> Telemetry {
     let otel = tracer_provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("deskhook")));
-    let fmt = tracing_subscriber::fmt::layer();
+    // Whatever the writer thread finds queued goes out in one write; it flushes each batch.
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let (writer, log_writer) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("deskhook-log")
+        .finish(stdout);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Step spans are for traces: a log line already names its ticket through the workflow
+    // span, and formatting eight span fields per ticket for lines rarely written is waste.
+    let log_spans = filter_fn(|metadata| !(metadata.is_span() && metadata.name() == "step"));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
-        registry
-            .with(fmt.json().flatten_event(true).with_current_span(false))
-            .init();
+        let fmt = fmt.json().flatten_event(true).with_current_span(false);
+        registry.with(fmt.with_filter(log_spans)).init();
     } else {
-        registry.with(fmt).init();
+        registry.with(fmt.with_filter(log_spans)).init();
     }
     if let Some(error) = exporter_error {
         tracing::error!(error = %error, "failed to set up the OTLP span exporter; spans are not exported");
     }
-    Telemetry { tracer_provider }
+    Telemetry {
+        tracer_provider,
+        log_writer,
+    }
 }
 
 /// An OTLP/HTTP exporter configured by the standard `OTEL_EXPORTER_OTLP_*` variables.

@@ -74,7 +74,7 @@ impl WorkerContext {
                     event_type = %report.event_type,
                     attempt = job.attempt,
                     duration_ms = report.duration_ms,
-                    steps = %summary(&report),
+                    steps = %StepSummary(&report),
                     "workflow finished"
                 );
                 self.decisions.push(report);
@@ -116,19 +116,46 @@ impl WorkerContext {
     }
 }
 
-/// `dispatch=done link=skipped: flag off …`, for one log line per run.
-fn summary(report: &DecisionReport) -> String {
-    report
-        .steps
-        .iter()
-        .map(|s| format!("{}={}", s.step, s.status.as_str()))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `dispatch=done link=skipped: flag off …`, for one log line per run; written straight
+/// into the line.
+struct StepSummary<'a>(&'a DecisionReport);
+
+impl std::fmt::Display for StepSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, step) in self.0.steps.iter().enumerate() {
+            let separator = if index == 0 { "" } else { " " };
+            write!(f, "{separator}{}={}", step.step, step.status.as_str())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_step_summary_lists_each_step_and_its_status() {
+        use crate::config::{Settings, SettingsSource};
+        use crate::event::TicketEvent;
+        use crate::workflow::{StepReport, StepStatus};
+        let settings =
+            Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
+        let job = Job {
+            id: 0,
+            event: TicketEvent::manual("7".to_owned()),
+            attempt: 1,
+            enqueued_at: std::time::Instant::now(),
+        };
+        let mut report = DecisionReport::start(&job, &settings);
+        assert_eq!(StepSummary(&report).to_string(), "");
+        report.record(StepReport::new("dispatch", StepStatus::Done, "moved"));
+        report.record(StepReport::new("reply", StepStatus::SkippedFlagOff, ""));
+        assert_eq!(
+            StepSummary(&report).to_string(),
+            "dispatch=done reply=skipped: flag off"
+        );
+    }
 
     #[test]
     fn retry_delays_grow_and_stay_bounded() {
