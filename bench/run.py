@@ -10,8 +10,14 @@ The peers (../shared/peers relative to the repository, or PEERS_DIR) are built a
 under PEERS_RUN (default: deskhook-peers in the temp dir, as their peers.sh does).
 
 Usage: bench/run.py [--duration 5] [--warmup 1] [--reps 1] [--sizes 1k,4k,16k]
-                    [--conns 8,64,256] [--servers deskhook,rust-const,rust-hot,flask-sync]
+                    [--conns 8,64,256] [--servers deskhook,deskhook-intake,rust-const,...]
                     [--skip-workflow] [--no-build]
+
+Servers: `deskhook` (embedded defaults: every event also runs the offline workflow),
+`deskhook-intake` (the same with the load's events left out by `spec.events`: verified, parsed
+and answered, never run), `rust-const` (the ceiling), `rust-hot` (the minimal hot path),
+`rust-hot-noq` (the same without its enqueue), `flask-sync` (the original stack) and
+`starlette-uvicorn` (not run by default).
 """
 import argparse
 import json
@@ -204,11 +210,24 @@ def servers(selected):
     with open(config, "w") as f:
         f.write("apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nmetadata:\n  name: bench\n"
                 "spec:\n  limits:\n    rateLimit: {enabled: false, requestsPerSecond: 50, burst: 100}\n")
+    # Intake alone: the same, with the load's `Ticket_Add` events left out by `spec.events`, so
+    # each is verified, parsed and filed, then answered `ignored` without being queued or run.
+    intake_only = os.path.join(OUT, "intake-only.yaml")
+    with open(intake_only, "w") as f:
+        f.write("apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nmetadata:\n  name: bench\n"
+                "spec:\n  events: [Ticket_Update]\n"
+                "  limits:\n    rateLimit: {enabled: false, requestsPerSecond: 50, burst: 100}\n")
     table = {
         # Embedded defaults: no settings file, no Zoho account (the workflow runs offline).
         "deskhook": Server("deskhook", BASE_PORT, [
             DESKHOOK, "serve", "--config", config, "--listen", f"127.0.0.1:{BASE_PORT}",
             "--metrics-listen", f"127.0.0.1:{BASE_PORT + 9}"], env=deskhook_env),
+        "deskhook-intake": Server("deskhook-intake", BASE_PORT + 5, [
+            DESKHOOK, "serve", "--config", intake_only, "--listen", f"127.0.0.1:{BASE_PORT + 5}",
+            "--metrics-listen", f"127.0.0.1:{BASE_PORT + 14}"], env=deskhook_env),
+        # The minimal hot path without its enqueue: what verification and parsing alone cost.
+        "rust-hot-noq": Server("rust-hot-noq", BASE_PORT + 6,
+                               [LIMIT, "hot-noq", f"127.0.0.1:{BASE_PORT + 6}"]),
         "rust-const": Server("rust-const", BASE_PORT + 1, [LIMIT, "const", f"127.0.0.1:{BASE_PORT + 1}"]),
         "rust-hot": Server("rust-hot", BASE_PORT + 2, [LIMIT, "hot", f"127.0.0.1:{BASE_PORT + 2}"]),
         "flask-sync": Server("flask-sync", BASE_PORT + 3, [
@@ -398,7 +417,19 @@ def report(results, extra, args):
                 n = lambda x: f"{x['rps']:,.0f}" if x else "–"
                 ratio.append(f"| {size} | {conns} | {d['rps']:,.0f} | {n(c)} | {n(o)} | {fmt(c)} | "
                              f"{fmt(o)} | {fmt(h)} |")
+    alone = ["| body | conns | deskhook-intake/ceiling | rust-hot/ceiling | rust-hot-noq/ceiling | "
+             "deskhook-intake/rust-hot-noq |", "|---|---|---|---|---|---|"]
+    for size in args.sizes.split(","):
+        for conns in map(int, args.conns.split(",")):
+            c = rows.get(("rust-const", size, conns))
+            cells = [rows.get((n, size, conns)) for n in ("deskhook-intake", "rust-hot", "rust-hot-noq")]
+            if not c or not any(cells):
+                continue
+            of = lambda x, y: f"{x['rps'] / y['rps']:.2f}" if x and y and y["rps"] else "–"
+            alone.append(f"| {size} | {conns} | {of(cells[0], c)} | {of(cells[1], c)} | {of(cells[2], c)} | "
+                         f"{of(cells[0], cells[2])} |")
     text = "\n".join(["## Intake", "", *lines, "", "## Ratios (same run)", "", *ratio, "",
+                      "## Intake alone: no workflow (same run)", "", *alone, "",
                       "## deskhook process", "",
                       "| measure | value |", "|---|---|",
                       *[f"| {k} | {v} |" for k, v in extra.items()], ""])
@@ -420,7 +451,7 @@ def main():
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--sizes", default="1k,4k,16k")
     ap.add_argument("--conns", default="8,64,256")
-    ap.add_argument("--servers", default="deskhook,rust-const,rust-hot,flask-sync")
+    ap.add_argument("--servers", default="deskhook,deskhook-intake,rust-const,rust-hot,rust-hot-noq,flask-sync")
     ap.add_argument("--skip-workflow", action="store_true")
     ap.add_argument("--no-build", action="store_true", help="reuse the binaries already built")
     args = ap.parse_args()

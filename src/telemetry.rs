@@ -24,8 +24,8 @@ pub enum LogFormat {
 }
 
 /// Log lines waiting for the writer thread at most; past this, logging waits (no line is
-/// dropped). About 1 MB of JSON lines.
-const BUFFERED_LINES: usize = 4096;
+/// dropped). The channel's slots are allocated up front: 32 KB.
+const BUFFERED_LINES: usize = 1024;
 
 /// Keeps the span exporter and the log writer alive; [`Telemetry::shutdown`] flushes both.
 pub struct Telemetry {
