@@ -3,7 +3,7 @@
 //! One `std::sync::Mutex` guards all state; it is held only for a few map operations and never
 //! across an `.await`, which is cheaper than an async lock on this hot path.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,8 +15,19 @@ use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
 use crate::event::TicketEvent;
 
 /// Deduplication keys remembered at most; the oldest are forgotten first, so memory stays
-/// bounded whatever the window (about 5 MB).
-const DEDUPE_MAX_KEYS: usize = 65_536;
+/// bounded whatever the window. Below 7/8 of 65,536, the set's table never grows past 65,536
+/// slots: about 3 MB for the set and the arrival order together, full.
+const DEDUPE_MAX_KEYS: usize = 50_000;
+
+/// The first 128 bits of a deduplication key: enough to tell deliveries apart, at half the
+/// memory of the whole key.
+type SeenKey = u128;
+
+fn seen_key(key: &[u8; 32]) -> SeenKey {
+    let mut first = [0; 16];
+    first.copy_from_slice(&key[..16]);
+    u128::from_le_bytes(first)
+}
 
 #[derive(Default)]
 struct TicketSlot {
@@ -29,8 +40,9 @@ struct Inner {
     /// Tickets with a pending job and nothing running, in arrival order.
     ready: VecDeque<String>,
     tickets: HashMap<String, TicketSlot>,
-    seen: HashMap<[u8; 32], Instant>,
-    seen_order: VecDeque<([u8; 32], Instant)>,
+    /// Keys seen within the window: exactly those in `seen_order`.
+    seen: HashSet<SeenKey>,
+    seen_order: VecDeque<(SeenKey, Instant)>,
     /// Workers parked in `claim` (counted from before they sleep until after they wake).
     /// While it is zero every worker is busy and will look at `ready` before sleeping, so a
     /// burst is accepted without one wake-up per event. A cancelled `claim` leaves it too
@@ -39,16 +51,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// Forgets the keys out of the window, and the oldest beyond room for one more.
     fn forget_expired(&mut self, window: Duration, now: Instant) {
-        while let Some((key, at)) = self.seen_order.front().copied() {
+        while let Some(&(key, at)) = self.seen_order.front() {
             let expired = now.duration_since(at) >= window;
-            if !expired && self.seen_order.len() <= DEDUPE_MAX_KEYS {
+            if !expired && self.seen_order.len() < DEDUPE_MAX_KEYS {
                 break;
             }
             self.seen_order.pop_front();
-            if self.seen.get(&key) == Some(&at) {
-                self.seen.remove(&key);
-            }
+            self.seen.remove(&key);
         }
     }
 
@@ -57,14 +68,14 @@ impl Inner {
             return false;
         }
         self.forget_expired(window, now);
-        self.seen
-            .get(key)
-            .is_some_and(|at| now.duration_since(*at) < window)
+        self.seen.contains(&seen_key(key))
     }
 
-    fn remember(&mut self, key: [u8; 32], window: Duration, now: Instant) {
+    /// Call right after [`Inner::is_duplicate`] said no: the key is not in the set.
+    fn remember(&mut self, key: &[u8; 32], window: Duration, now: Instant) {
         if !window.is_zero() {
-            self.seen.insert(key, now);
+            let key = seen_key(key);
+            self.seen.insert(key);
             self.seen_order.push_back((key, now));
         }
     }
@@ -152,7 +163,7 @@ impl Queue for MemoryQueue {
             if !has_pending && self.depth.load(Ordering::Relaxed) >= policy.capacity {
                 return Err(QueueError::Full);
             }
-            inner.remember(event.dedupe_key, policy.dedupe_window, now);
+            inner.remember(&event.dedupe_key, policy.dedupe_window, now);
             let job = Job {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
                 event,
@@ -279,6 +290,40 @@ mod tests {
             Ok(Accepted::Duplicate)
         );
         assert_eq!(queue.depth(), 1);
+    }
+
+    #[test]
+    fn the_oldest_keys_are_forgotten_and_memory_stays_bounded() {
+        let window = Duration::from_secs(600);
+        let now = Instant::now();
+        let key = |n: usize| {
+            let mut key = [0; 32];
+            key[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            key
+        };
+        let mut inner = Inner::default();
+        for n in 0..DEDUPE_MAX_KEYS + 10 {
+            assert!(!inner.is_duplicate(&key(n), window, now));
+            inner.remember(&key(n), window, now);
+        }
+        assert_eq!(inner.seen.len(), DEDUPE_MAX_KEYS);
+        assert_eq!(inner.seen_order.len(), DEDUPE_MAX_KEYS);
+        assert!(inner.seen.capacity() < 65_536, "{}", inner.seen.capacity());
+        assert!(inner.seen_order.capacity() <= 65_536);
+        // The ten oldest made room; every later key is still known.
+        assert!(!inner.is_duplicate(&key(9), window, now));
+        assert!(inner.is_duplicate(&key(DEDUPE_MAX_KEYS + 9), window, now));
+        assert!(inner.is_duplicate(&key(11), window, now));
+    }
+
+    #[test]
+    fn keys_out_of_the_window_are_forgotten() {
+        let now = Instant::now();
+        let mut inner = Inner::default();
+        inner.remember(&[1; 32], Duration::from_secs(60), now);
+        let later = now + Duration::from_secs(61);
+        assert!(!inner.is_duplicate(&[1; 32], Duration::from_secs(60), later));
+        assert!(inner.seen.is_empty() && inner.seen_order.is_empty());
     }
 
     #[tokio::test]
