@@ -48,6 +48,7 @@ impl Payload {
 
     /// The fields intake and the echo guard read, without parsing the rest.
     pub fn hints(&self) -> Hints {
+        // Only an object has fields; anything else would also take the slow path below.
         if !self.json().starts_with('{') {
             return Hints::default();
         }
@@ -131,24 +132,22 @@ struct RawHints<'a> {
 }
 
 impl RawHints<'_> {
-    /// The same reading as [`Hints::from_value`]: each field is small, so it is parsed alone.
+    /// Reads the few fields found through [`Hints::from_value`] itself, so both readers follow
+    /// one set of rules: each field is small, so it is parsed alone.
     fn into_hints(self) -> Hints {
-        let text = |value: Option<Value>| match value {
-            Some(Value::String(text)) => Some(text),
-            _ => None,
-        };
-        Hints {
-            id: small_value(self.id).as_ref().and_then(id_string),
-            ticket_id: small_value(self.ticket_id).as_ref().and_then(id_string),
-            department_id: small_value(self.department_id).as_ref().and_then(id_string),
-            department_name: text(small_value(self.department_name)).or_else(|| match small_value(
-                self.department,
-            )? {
-                Value::Object(mut department) => text(department.remove("name")),
-                other => text(Some(other)),
-            }),
-            direction: text(small_value(self.direction)),
-        }
+        let fields = [
+            ("id", self.id),
+            ("ticketId", self.ticket_id),
+            ("departmentId", self.department_id),
+            ("departmentName", self.department_name),
+            ("department", self.department),
+            ("direction", self.direction),
+        ];
+        let found = fields
+            .into_iter()
+            .filter_map(|(key, raw)| Some((key.to_owned(), small_value(raw)?)))
+            .collect();
+        Hints::from_value(&Value::Object(found))
     }
 }
 
