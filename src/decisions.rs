@@ -71,9 +71,11 @@ impl DecisionLog {
             report: Arc::new(report),
         };
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        let evicted = (reports.len() == self.capacity)
-            .then(|| reports.pop_back())
-            .flatten();
+        let evicted = if reports.len() == self.capacity {
+            reports.pop_back()
+        } else {
+            None
+        };
         reports.push_front(stored);
         drop(reports);
         // The oldest report is freed after the lock is released: other workers need it.
