@@ -14,6 +14,8 @@ use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::workflow::STEP_SPAN;
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -85,7 +87,7 @@ pub fn init(format: LogFormat) -> Telemetry {
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     // Step spans are for traces: a log line already names its ticket through the workflow
     // span, and formatting eight span fields per ticket for lines rarely written is waste.
-    let log_spans = filter_fn(|metadata| !(metadata.is_span() && metadata.name() == "step"));
+    let log_spans = filter_fn(|metadata| !(metadata.is_span() && metadata.name() == STEP_SPAN));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
         let fmt = fmt.json().flatten_event(true).with_current_span(false);

@@ -668,7 +668,9 @@ impl AutomationWorkflow {
             }
         }
         let started = Instant::now();
-        let outcome = action().instrument(tracing::info_span!("step", step)).await;
+        let outcome = action()
+            .instrument(tracing::info_span!(super::STEP_SPAN, step))
+            .await;
         if writes_ticket {
             self.echo.record_write(&report.ticket_id, started);
         }
