@@ -23,6 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update
     $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+    # The downloaded archives are not needed once installed; the build needs the disk.
+    $sudo apt-get clean
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
+python3 -m pip install --quiet --disable-pip-version-check --no-cache-dir -r tests/chart/requirements.txt
