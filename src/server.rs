@@ -193,10 +193,10 @@ pub async fn start_with(
 /// connector of its own for the reconciler.
 fn automation_workflow(
     options: &ServeOptions,
+    http: reqwest::Client,
     metrics: &Metrics,
     redis: Option<&Redis>,
 ) -> Result<(Arc<dyn Workflow>, Option<ZohoConnector>), ServeError> {
-    let http = http_client()?;
     let ledger: Arc<dyn StepLedger> = match redis {
         Some(redis) => Arc::new(RedisLedger::new(redis.clone())),
         None => Arc::new(MemoryLedger::default()),
@@ -255,10 +255,12 @@ async fn launch(
         None => None,
     };
     let settings = settings_handle.current();
+    // One client (one pool, one set of trust roots loaded) for every outbound call.
+    let http = http_client()?;
     let verifier = Arc::new(
         Verifier::new(
             options.hmac_secrets.clone(),
-            http_client()?,
+            http.clone(),
             options.insecure_no_verification,
         )
         .with_standard_webhooks(options.standard_webhooks_secrets.clone()),
@@ -294,7 +296,7 @@ async fn launch(
     let redis = redis_for(&options, &settings)?;
     let (workflow, spare_connector) = match workflow {
         Some(workflow) => (workflow, None),
-        None => automation_workflow(&options, &metrics, redis.as_ref())?,
+        None => automation_workflow(&options, http, &metrics, redis.as_ref())?,
     };
     let queue: Arc<dyn Queue> = match &redis {
         None => Arc::new(MemoryQueue::new()),

@@ -12,22 +12,14 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
-use crate::event::TicketEvent;
+use crate::event::{DedupeKey, TicketEvent};
 
 /// Deduplication keys remembered at most; the oldest are forgotten first, so memory stays
-/// bounded whatever the window. Below 7/8 of 65,536, the set's table never grows past 65,536
-/// slots: about 3 MB for the set and the arrival order together, full.
-const DEDUPE_MAX_KEYS: usize = 50_000;
-
-/// The first 128 bits of a deduplication key: enough to tell deliveries apart, at half the
-/// memory of the whole key.
-type SeenKey = u128;
-
-fn seen_key(key: &[u8; 32]) -> SeenKey {
-    let mut first = [0; 16];
-    first.copy_from_slice(&key[..16]);
-    u128::from_le_bytes(first)
-}
+/// bounded whatever the window. Below 7/8 of 32,768, the set's table never grows past 32,768
+/// slots: about 1.6 MB for the set and the arrival order together, full. A repeated delivery
+/// comes seconds after the first, and 20,000 keys is more than a day of a busy desk's events;
+/// only a burst larger than that shortens the window, never the bound.
+const DEDUPE_MAX_KEYS: usize = 20_000;
 
 #[derive(Default)]
 struct TicketSlot {
@@ -41,8 +33,8 @@ struct Inner {
     ready: VecDeque<String>,
     tickets: HashMap<String, TicketSlot>,
     /// Keys seen within the window: exactly those in `seen_order`.
-    seen: HashSet<SeenKey>,
-    seen_order: VecDeque<(SeenKey, Instant)>,
+    seen: HashSet<DedupeKey>,
+    seen_order: VecDeque<(DedupeKey, Instant)>,
     /// Workers parked in `claim` (counted from before they sleep until after they wake).
     /// While it is zero every worker is busy and will look at `ready` before sleeping, so a
     /// burst is accepted without one wake-up per event. A cancelled `claim` leaves it too
@@ -63,20 +55,19 @@ impl Inner {
         }
     }
 
-    fn is_duplicate(&mut self, key: &[u8; 32], window: Duration, now: Instant) -> bool {
+    fn is_duplicate(&mut self, key: &DedupeKey, window: Duration, now: Instant) -> bool {
         if window.is_zero() {
             return false;
         }
         self.forget_expired(window, now);
-        self.seen.contains(&seen_key(key))
+        self.seen.contains(key)
     }
 
     /// Call right after [`Inner::is_duplicate`] said no: the key is not in the set.
-    fn remember(&mut self, key: &[u8; 32], window: Duration, now: Instant) {
+    fn remember(&mut self, key: &DedupeKey, window: Duration, now: Instant) {
         if !window.is_zero() {
-            let key = seen_key(key);
-            self.seen.insert(key);
-            self.seen_order.push_back((key, now));
+            self.seen.insert(*key);
+            self.seen_order.push_back((*key, now));
         }
     }
 
@@ -297,7 +288,7 @@ mod tests {
         let window = Duration::from_secs(600);
         let now = Instant::now();
         let key = |n: usize| {
-            let mut key = [0; 32];
+            let mut key = DedupeKey::default();
             key[..8].copy_from_slice(&(n as u64).to_le_bytes());
             key
         };
@@ -308,8 +299,8 @@ mod tests {
         }
         assert_eq!(inner.seen.len(), DEDUPE_MAX_KEYS);
         assert_eq!(inner.seen_order.len(), DEDUPE_MAX_KEYS);
-        assert!(inner.seen.capacity() < 65_536, "{}", inner.seen.capacity());
-        assert!(inner.seen_order.capacity() <= 65_536);
+        assert!(inner.seen.capacity() < 32_768, "{}", inner.seen.capacity());
+        assert!(inner.seen_order.capacity() <= 32_768);
         // The ten oldest made room; every later key is still known.
         assert!(!inner.is_duplicate(&key(9), window, now));
         assert!(inner.is_duplicate(&key(DEDUPE_MAX_KEYS + 9), window, now));
@@ -320,9 +311,9 @@ mod tests {
     fn keys_out_of_the_window_are_forgotten() {
         let now = Instant::now();
         let mut inner = Inner::default();
-        inner.remember(&[1; 32], Duration::from_secs(60), now);
+        inner.remember(&[1; 16], Duration::from_secs(60), now);
         let later = now + Duration::from_secs(61);
-        assert!(!inner.is_duplicate(&[1; 32], Duration::from_secs(60), later));
+        assert!(!inner.is_duplicate(&[1; 16], Duration::from_secs(60), later));
         assert!(inner.seen.is_empty() && inner.seen_order.is_empty());
     }
 

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
-use crate::event::{Payload, TicketEvent};
+use crate::event::{DedupeKey, Payload, TicketEvent};
 use crate::metrics::Metrics;
 use crate::shared::{Context, Redis, RedisError, RedisSetupError, now_ms};
 
@@ -100,11 +100,14 @@ impl StoredJob {
     }
 
     fn into_job(self, attempt: u32) -> Job {
-        let mut dedupe_key = [0u8; 32];
+        // Earlier versions stored 32-byte (SHA-256) keys: their first 16 bytes keep such a
+        // job's ledger key (made from the first 12), so its finished steps are not redone.
+        let mut dedupe_key = DedupeKey::default();
+        let length = dedupe_key.len();
         if let Ok(bytes) = hex::decode(&self.dedupe_key)
-            && bytes.len() == 32
+            && bytes.len() >= length
         {
-            dedupe_key.copy_from_slice(&bytes);
+            dedupe_key.copy_from_slice(&bytes[..length]);
         }
         let age = Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms));
         let now = Instant::now();
@@ -149,7 +152,7 @@ impl Keys {
         }
     }
 
-    fn seen(&self, dedupe_key: &[u8; 32]) -> String {
+    fn seen(&self, dedupe_key: &DedupeKey) -> String {
         self.redis.key(&format!("seen:{}", hex::encode(dedupe_key)))
     }
 
@@ -1074,6 +1077,20 @@ mod tests {
         assert_eq!(job.id, 42);
         assert_eq!(job.attempt, 3);
         assert_eq!(job.event, event);
+    }
+
+    #[test]
+    fn a_job_stored_with_a_32_byte_key_keeps_its_first_16_bytes() {
+        let event = TicketEvent::new("7".into(), "Ticket_Add".into(), None, None, json!({}));
+        let mut stored = StoredJob::new(1, &event);
+        let legacy: Vec<u8> = (0u8..32).collect();
+        stored.dedupe_key = hex::encode(&legacy);
+        let job = stored.into_job(1);
+        assert_eq!(job.event.dedupe_key[..], legacy[..16]);
+
+        let mut stored = StoredJob::new(1, &event);
+        stored.dedupe_key = "not hex".to_owned();
+        assert_eq!(stored.into_job(1).event.dedupe_key, DedupeKey::default());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::rules::{self, RoutingInput};
 use super::text;
 use super::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus, Workflow};
 use crate::config::Settings;
+use crate::event::DedupeKey;
 use crate::queue::Job;
 use crate::region;
 use crate::zoho::{Api, Call, ContentType, Reply, Thread, Ticket, ZohoClients, ZohoError};
@@ -978,7 +979,7 @@ fn crm_web(region: &str) -> String {
     format!("https://{}", desk.replacen("desk.", "crm.", 1))
 }
 
-fn hex_key(key: &[u8; 32]) -> String {
+fn hex_key(key: &DedupeKey) -> String {
     key.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
