@@ -306,43 +306,43 @@ def status_mix(r):
 
 
 def intake(args):
+    """Every cell runs on a freshly started server, so its peak RSS and CPU are that load's
+    alone, not what earlier cells (a larger body, more connections) left behind."""
     selected = servers(args.servers.split(","))
     results, extra = [], {}
-    started = []
-    try:
-        for s in selected:
-            ms = s.start()
-            started.append(s)
-            if s.name == "deskhook":
-                extra["startup_ms"] = round(ms, 1)
-                time.sleep(1)
-                extra["idle_rss_mb"] = round(s.rss_kb() / 1024, 1)
-                # Private memory, and the binary's pages (shared by every replica on a node).
-                extra["idle_rss_anon_mb"] = round(proc_status_kb(s.proc.pid, "RssAnon") / 1024, 1)
-                extra["idle_rss_file_mb"] = round(proc_status_kb(s.proc.pid, "RssFile") / 1024, 1)
-                for line in open(s.log_path, errors="replace"):
-                    if "deskhook ready" in line:
-                        try:
-                            extra["startup_ms_logged"] = json.loads(line).get("startup_ms")
-                        except ValueError:
-                            pass
-        time.sleep(1)
-        for rep in range(args.reps):
-            for size in args.sizes.split(","):
-                for conns in map(int, args.conns.split(",")):
-                    for s in selected:
-                        if s.name == "deskhook" and not wait_drained(BASE_PORT + 9):
-                            log("deskhook's queue did not drain within 60 s")
+    for s in selected:
+        if s.name != "deskhook":
+            continue
+        try:
+            extra["startup_ms"] = round(s.start(), 1)
+            time.sleep(1)
+            extra["idle_rss_mb"] = round(s.rss_kb() / 1024, 1)
+            # Private memory, and the binary's pages (shared by every replica on a node).
+            extra["idle_rss_anon_mb"] = round(proc_status_kb(s.proc.pid, "RssAnon") / 1024, 1)
+            extra["idle_rss_file_mb"] = round(proc_status_kb(s.proc.pid, "RssFile") / 1024, 1)
+        finally:
+            s.stop()
+        for line in open(s.log_path, errors="replace"):
+            if "deskhook ready" in line:
+                try:
+                    extra["startup_ms_logged"] = json.loads(line).get("startup_ms")
+                except ValueError:
+                    pass
+    for rep in range(args.reps):
+        for size in args.sizes.split(","):
+            for conns in map(int, args.conns.split(",")):
+                for s in selected:
+                    try:
+                        s.start()
                         settle()
                         r = run_cell(s, size, conns, args)
-                        r["rep"] = rep
-                        results.append(r)
-                        log(f"{s.name:18} {size:>3} c={conns:<3} {r['rps']:>9.0f} req/s "
-                            f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
-                            f"rss {r['peak_rss_mb']} MB  [{status_mix(r)}]")
-    finally:
-        for s in started:
-            s.stop()
+                    finally:
+                        s.stop()
+                    r["rep"] = rep
+                    results.append(r)
+                    log(f"{s.name:18} {size:>3} c={conns:<3} {r['rps']:>9.0f} req/s "
+                        f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+                        f"rss {r['peak_rss_mb']} MB  [{status_mix(r)}]")
     return results, extra
 
 
@@ -432,8 +432,43 @@ def report(results, extra, args):
                       "## Intake alone: no workflow (same run)", "", *alone, "",
                       "## deskhook process", "",
                       "| measure | value |", "|---|---|",
-                      *[f"| {k} | {v} |" for k, v in extra.items()], ""])
+                      *[f"| {k} | {v} |" for k, v in extra.items()], "",
+                      "## Targets (4 KB, this run)", "", *targets(rows, extra), ""])
     return text
+
+
+def targets(rows, extra):
+    """The performance targets, as stated and as re-proposed in bench/RESULTS.md, judged on
+    this run's cells: a table row per target with what was measured and whether it is met."""
+    cell = lambda name, conns: rows.get((name, "4k", conns))
+    ratio = lambda a, b: a["rps"] / b["rps"] if a and b and b["rps"] else None
+    d64, i64, c64 = cell("deskhook", 64), cell("deskhook-intake", 64), cell("rust-const", 64)
+    o64, n64, d8 = cell("flask-sync", 64), cell("rust-hot-noq", 64), cell("deskhook", 8)
+    p99 = lambda r: r["p99_ms"] if r else None
+    peak = lambda r: r["peak_rss_mb"] if r else None
+    c64_p99 = p99(c64)
+    checks = [
+        ("stated", "deskhook ≥ 0.60 × ceiling at 64", ratio(d64, c64), lambda v: v >= 0.60),
+        ("stated", "intake alone ≥ 0.60 × ceiling at 64", ratio(i64, c64), lambda v: v >= 0.60),
+        ("stated", "deskhook ≥ 15 × original at 64", ratio(d64, o64), lambda v: v >= 15),
+        ("stated", "deskhook p99 ≤ 3 ms at 64", p99(d64), lambda v: v <= 3),
+        ("stated", "deskhook peak RSS ≤ 20 MB at 64", peak(d64), lambda v: v <= 20),
+        ("stated", "start-up to ready ≤ 100 ms", extra.get("startup_ms"), lambda v: v <= 100),
+        ("stated", "idle RSS ≤ 10 MB", extra.get("idle_rss_mb"), lambda v: v <= 10),
+        ("proposed", "intake alone ≥ 0.8 × rust-hot-noq at 64", ratio(i64, n64), lambda v: v >= 0.8),
+        ("proposed", "deskhook ≥ 0.5 × intake alone at 64", ratio(d64, i64), lambda v: v >= 0.5),
+        ("proposed", "intake alone ≥ 12 × original at 64", ratio(i64, o64), lambda v: v >= 12),
+        ("proposed", "deskhook p99 ≤ 3 ms at 8", p99(d8), lambda v: v <= 3),
+        ("proposed", "deskhook p99 ≤ 3 × ceiling p99 at 64",
+         p99(d64) / c64_p99 if d64 and c64_p99 else None, lambda v: v <= 3),
+        ("proposed", "deskhook peak RSS ≤ 25 MB at 64", peak(d64), lambda v: v <= 25),
+        ("proposed", "idle private RSS ≤ 5 MB", extra.get("idle_rss_anon_mb"), lambda v: v <= 5),
+    ]
+    out = ["| target | as | measured | met |", "|---|---|---|---|"]
+    for kind, name, value, ok in checks:
+        shown, met = ("–", "not run") if value is None else (f"{value:.2f}", "yes" if ok(value) else "no")
+        out.append(f"| {name} | {kind} | {shown} | {met} |")
+    return out
 
 
 def machine():
