@@ -199,6 +199,15 @@ def queue_depth(metrics_port):
     return 0.0
 
 
+def bench_settings(name, spec=""):
+    """Writes a settings file: the embedded defaults with the rate limit off, plus `spec` lines."""
+    path = os.path.join(OUT, name)
+    with open(path, "w") as f:
+        f.write("apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nmetadata:\n  name: bench\n"
+                f"spec:\n{spec}  limits:\n    rateLimit: {{enabled: false, requestsPerSecond: 50, burst: 100}}\n")
+    return path
+
+
 def servers(selected):
     py = lambda tool: os.path.join(VENV, "bin", tool)
     flask_dir = os.path.join(PEERS, "flask_ref")
@@ -206,17 +215,10 @@ def servers(selected):
     # The embedded defaults with one change: the per-client rate limit (50/s, burst 100) is
     # off, because every request of the load generator comes from one address and the limit
     # would answer 429 to almost all of them, measuring the limiter instead of the intake.
-    config = os.path.join(OUT, "defaults-no-rate-limit.yaml")
-    with open(config, "w") as f:
-        f.write("apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nmetadata:\n  name: bench\n"
-                "spec:\n  limits:\n    rateLimit: {enabled: false, requestsPerSecond: 50, burst: 100}\n")
+    config = bench_settings("defaults-no-rate-limit.yaml")
     # Intake alone: the same, with the load's `Ticket_Add` events left out by `spec.events`, so
     # each is verified, parsed and filed, then answered `ignored` without being queued or run.
-    intake_only = os.path.join(OUT, "intake-only.yaml")
-    with open(intake_only, "w") as f:
-        f.write("apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nmetadata:\n  name: bench\n"
-                "spec:\n  events: [Ticket_Update]\n"
-                "  limits:\n    rateLimit: {enabled: false, requestsPerSecond: 50, burst: 100}\n")
+    intake_only = bench_settings("intake-only.yaml", "  events: [Ticket_Update]\n")
     table = {
         # Embedded defaults: no settings file, no Zoho account (the workflow runs offline).
         "deskhook": Server("deskhook", BASE_PORT, [
@@ -310,9 +312,7 @@ def intake(args):
     alone, not what earlier cells (a larger body, more connections) left behind."""
     selected = servers(args.servers.split(","))
     results, extra = [], {}
-    for s in selected:
-        if s.name != "deskhook":
-            continue
+    for s in (s for s in selected if s.name == "deskhook"):
         try:
             extra["startup_ms"] = round(s.start(), 1)
             time.sleep(1)

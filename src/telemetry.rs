@@ -88,13 +88,19 @@ pub fn init(format: LogFormat) -> Telemetry {
     // Step spans are for traces: a log line already names its ticket through the workflow
     // span, and formatting eight span fields per ticket for lines rarely written is waste.
     let log_spans = filter_fn(|metadata| !(metadata.is_span() && metadata.name() == STEP_SPAN));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    if json {
-        let fmt = fmt.json().flatten_event(true).with_current_span(false);
-        registry.with(fmt.with_filter(log_spans)).init();
+    let fmt = if json {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed()
     } else {
-        registry.with(fmt.with_filter(log_spans)).init();
-    }
+        fmt.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(fmt.with_filter(log_spans))
+        .init();
     if let Some(error) = exporter_error {
         tracing::error!(error = %error, "failed to set up the OTLP span exporter; spans are not exported");
     }

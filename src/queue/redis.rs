@@ -102,13 +102,10 @@ impl StoredJob {
     fn into_job(self, attempt: u32) -> Job {
         // Earlier versions stored 32-byte (SHA-256) keys: their first 16 bytes keep such a
         // job's ledger key (made from the first 12), so its finished steps are not redone.
-        let mut dedupe_key = DedupeKey::default();
-        let length = dedupe_key.len();
-        if let Ok(bytes) = hex::decode(&self.dedupe_key)
-            && bytes.len() >= length
-        {
-            dedupe_key.copy_from_slice(&bytes[..length]);
-        }
+        let dedupe_key = hex::decode(&self.dedupe_key)
+            .ok()
+            .and_then(|bytes| DedupeKey::try_from(bytes.get(..size_of::<DedupeKey>())?).ok())
+            .unwrap_or_default();
         let age = Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms));
         let now = Instant::now();
         Job {

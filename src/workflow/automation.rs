@@ -980,7 +980,7 @@ fn crm_web(region: &str) -> String {
 }
 
 fn hex_key(key: &DedupeKey) -> String {
-    key.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&key[..12])
 }
 
 fn timed(mut step: StepReport, started: Instant) -> StepReport {

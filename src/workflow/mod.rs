@@ -20,10 +20,10 @@ use crate::config::Settings;
 use crate::queue::Job;
 
 pub use automation::AutomationWorkflow;
+pub use report::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus};
 
 /// The name of the span around each writing step: exported as a trace, kept out of log lines.
 pub const STEP_SPAN: &str = "step";
-pub use report::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus};
 
 /// Runs the automation for one job.
 #[async_trait]
