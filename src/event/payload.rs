@@ -4,6 +4,7 @@
 //! queued event then costs about its own size in memory, where a parsed tree costs several
 //! times that, and a burst of deliveries costs parsing only what routing a job needs.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::id_string;
-use super::native::Object;
+use super::members::for_each_member;
 
 /// A payload as delivered: valid JSON, stored verbatim.
 #[derive(Clone, Serialize, Deserialize)]
@@ -52,10 +53,11 @@ impl Payload {
         if !self.json().starts_with('{') {
             return Hints::default();
         }
-        match serde_json::from_str::<Object<RawHints<'_>>>(self.json()) {
-            Ok(Object(raw)) => raw.into_hints(),
-            // A repeated key: read it the slow way, the last value winning as in a tree.
-            Err(_) => Hints::from_value(&self.to_value()),
+        let mut fields = HintFields::default();
+        match for_each_member(self.json(), |key, value| fields.set(key, value)) {
+            Some(()) => fields.into_hints(),
+            // An escaped key: read it the slow way, which decodes it.
+            None => Hints::from_value(&self.to_value()),
         }
     }
 }
@@ -88,16 +90,22 @@ pub struct Hints {
 
 impl Hints {
     pub fn from_value(payload: &Value) -> Self {
+        Self::from_fields(|key| payload.get(key).map(Cow::Borrowed))
+    }
+
+    /// The one set of rules, over a reader of the payload's top-level fields.
+    fn from_fields<'v>(field: impl Fn(&str) -> Option<Cow<'v, Value>>) -> Self {
+        let id = |key: &str| field(key).as_deref().and_then(id_string);
         let text = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_owned);
         Self {
-            id: payload.get("id").and_then(id_string),
-            ticket_id: payload.get("ticketId").and_then(id_string),
-            department_id: payload.get("departmentId").and_then(id_string),
-            department_name: text(payload.get("departmentName")).or_else(|| {
-                let department = payload.get("department")?;
-                text(department.get("name").or(Some(department)))
+            id: id("id"),
+            ticket_id: id("ticketId"),
+            department_id: id("departmentId"),
+            department_name: text(field("departmentName").as_deref()).or_else(|| {
+                let department = field("department")?;
+                text(department.get("name").or(Some(&department)))
             }),
-            direction: text(payload.get("direction")),
+            direction: text(field("direction").as_deref()),
         }
     }
 
@@ -111,43 +119,40 @@ impl Hints {
 
 /// A small raw field as a tree, so it is read by the tree reader's exact rules.
 pub(super) fn small_value(raw: Option<&RawValue>) -> Option<Value> {
-    raw.and_then(|raw| serde_json::from_str(raw.get()).ok())
+    raw.and_then(|raw| parse_small(raw.get()))
 }
 
-/// The fields of [`Hints`], borrowed from the payload's text; every other field is skipped.
-#[derive(Deserialize)]
-struct RawHints<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "ticketId")]
-    ticket_id: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "departmentId")]
-    department_id: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "departmentName")]
-    department_name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    department: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    direction: Option<&'a RawValue>,
+fn parse_small(json: &str) -> Option<Value> {
+    serde_json::from_str(json).ok()
 }
 
-impl RawHints<'_> {
-    /// Reads the few fields found through [`Hints::from_value`] itself, so both readers follow
-    /// one set of rules: each field is small, so it is parsed alone.
+/// The top-level fields [`Hints`] are made from, as the payload's JSON text; the last of a
+/// repeated key wins, as in a tree.
+#[derive(Default)]
+struct HintFields<'a>([Option<&'a str>; HINT_KEYS.len()]);
+
+const HINT_KEYS: [&str; 6] = [
+    "id",
+    "ticketId",
+    "departmentId",
+    "departmentName",
+    "department",
+    "direction",
+];
+
+impl<'a> HintFields<'a> {
+    fn set(&mut self, key: &str, value: &'a str) {
+        if let Some(slot) = HINT_KEYS.iter().position(|k| *k == key) {
+            self.0[slot] = Some(value);
+        }
+    }
+
+    /// Each field is small, so it is parsed alone and read by [`Hints::from_fields`].
     fn into_hints(self) -> Hints {
-        let fields = [
-            ("id", self.id),
-            ("ticketId", self.ticket_id),
-            ("departmentId", self.department_id),
-            ("departmentName", self.department_name),
-            ("department", self.department),
-            ("direction", self.direction),
-        ];
-        let found = fields
-            .into_iter()
-            .filter_map(|(key, raw)| Some((key.to_owned(), small_value(raw)?)))
-            .collect();
-        Hints::from_value(&Value::Object(found))
+        Hints::from_fields(|key| {
+            let slot = HINT_KEYS.iter().position(|k| *k == key)?;
+            self.0[slot].and_then(parse_small).map(Cow::Owned)
+        })
     }
 }
 

@@ -151,6 +151,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Option<Response> {
             reply::error(StatusCode::UNAUTHORIZED, "Unauthorized"),
             Reason::AdminUnauthorized,
             None,
+            headers,
         ))
     }
 }

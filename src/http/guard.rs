@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -27,35 +27,45 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 const WEBHOOK_ROUTE: &str = "/webhook/zoho-desk";
 
 /// Put on a response by a handler that refused the request, so this middleware counts and
-/// logs it with everything it knows about the request.
-#[derive(Clone, Copy, Debug)]
-pub struct Refused {
-    pub reason: Reason,
-    pub scheme: Option<Scheme>,
-}
+/// logs it with everything it knows about the request. The handler fills in what only it
+/// knows (the reason, the scheme, the headers it read); the middleware adds the rest.
+#[derive(Clone, Debug)]
+pub struct Refused(Rejection);
 
-/// `response` marked as a refusal for `reason`.
-pub fn refused(mut response: Response, reason: Reason, scheme: Option<Scheme>) -> Response {
-    response.extensions_mut().insert(Refused { reason, scheme });
+/// `response` marked as a refusal for `reason`, of the request that carried `headers`.
+pub fn refused(
+    mut response: Response,
+    reason: Reason,
+    scheme: Option<Scheme>,
+    headers: &HeaderMap,
+) -> Response {
+    let mut entry = Rejection::new(reason.as_str()).with_headers(headers);
+    entry.scheme = scheme.map(Scheme::as_str);
+    response.extensions_mut().insert(Refused(entry));
     response
 }
 
-/// What is known about a request, for its rejection entry.
+/// What is known about a request before it is read, for its rejection entry. Cheap to take
+/// for every request: the method and the route are shared, not copied.
 struct Seen {
     client: Option<IpAddr>,
-    method: String,
-    route: Option<String>,
-    headers: HeaderMap,
+    method: Method,
+    route: Option<MatchedPath>,
 }
 
 impl Seen {
-    fn entry(&self, refused: Refused, status: StatusCode, body: Option<usize>) -> Rejection {
-        let mut entry = Rejection::new(refused.reason.as_str()).with_headers(&self.headers);
-        entry.scheme = refused.scheme.map(Scheme::as_str);
+    fn is_webhook(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|r| r.as_str() == WEBHOOK_ROUTE)
+    }
+
+    /// `entry` completed with the request's side of the story.
+    fn complete(&self, mut entry: Rejection, status: StatusCode, body: Option<usize>) -> Rejection {
         entry.status = Some(status.as_u16());
         entry.client = self.client.map(|c| c.to_string());
-        entry.method = Some(self.method.chars().take(16).collect());
-        entry.route = self.route.clone();
+        entry.method = Some(self.method.as_str().chars().take(16).collect());
+        entry.route = self.route.as_ref().map(|r| r.as_str().to_owned());
         entry.body_bytes = body;
         entry
     }
@@ -76,26 +86,19 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         });
     let seen = Seen {
         client,
-        method: request.method().as_str().to_owned(),
-        route: request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str().to_owned()),
-        headers: request.headers().clone(),
+        method: request.method().clone(),
+        route: request.extensions().get::<MatchedPath>().cloned(),
     };
-    let deny = |response: Response, reason: Reason, outcome: &str, body: Option<usize>| {
-        if seen.route.as_deref() == Some(WEBHOOK_ROUTE) {
+    let deny = |response: Response, reason: Reason, outcome: &str, headers: &HeaderMap| {
+        if seen.is_webhook() {
             state
                 .metrics
                 .webhook_requests
                 .with_label_values(&[outcome])
                 .inc();
         }
-        let refusal = Refused {
-            reason,
-            scheme: None,
-        };
-        record(&state, seen.entry(refusal, response.status(), body));
+        let entry = Rejection::new(reason.as_str()).with_headers(headers);
+        record(&state, seen.complete(entry, response.status(), None));
         response
     };
 
@@ -114,7 +117,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             Reason::SourceNotAllowed => "forbidden",
             _ => "rate_limited",
         };
-        return deny(response, reason, outcome, None);
+        return deny(response, reason, outcome, request.headers());
     }
 
     let (parts, body) = request.into_parts();
@@ -122,23 +125,23 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
             let response = reply::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
-            return deny(response, Reason::TooLarge, "too_large", None);
+            return deny(response, Reason::TooLarge, "too_large", &parts.headers);
         }
         Err(BodyError::TooSlow) => {
             let mut response = reply::error(StatusCode::REQUEST_TIMEOUT, "Request timeout");
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return deny(response, Reason::BodyTimeout, "timeout", None);
+            return deny(response, Reason::BodyTimeout, "timeout", &parts.headers);
         }
     };
     let body_bytes = body.len();
     let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
 
-    if let Some(refusal) = response.extensions_mut().remove::<Refused>() {
+    if let Some(Refused(entry)) = response.extensions_mut().remove::<Refused>() {
         record(
             &state,
-            seen.entry(refusal, response.status(), Some(body_bytes)),
+            seen.complete(entry, response.status(), Some(body_bytes)),
         );
     }
     // Every 401 is a failed verification (signature, token, replay or admin token).

@@ -60,7 +60,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
         Ok(body) => body,
         Err(response) => {
             outcome("too_large");
-            return refused(response, Reason::TooLarge, None);
+            return refused(response, Reason::TooLarge, None, headers);
         }
     };
     tracing::debug!(bytes = body.len(), "Received webhook");
@@ -91,6 +91,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
                 reply::error(StatusCode::UNAUTHORIZED, "Invalid signature"),
                 rejection.reason,
                 rejection.scheme,
+                headers,
             );
         }
     };
