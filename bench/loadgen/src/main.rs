@@ -10,8 +10,16 @@
 //! request hashes only its last block or two. The generator shares the cores with the server
 //! under test, so its own cost matters.
 //!
+//! By default each connection sends its next request as soon as the last one is answered (closed
+//! loop). With `--rate R` the connections together send R requests per second on a fixed
+//! schedule, as wrk2 does: a request that is due while the server is still busy goes out late
+//! rather than never, and its latency counts from when it was due. A closed loop would instead
+//! wait out a stall and record only the one slow request (coordinated omission). A request sent
+//! on time counts from when it was sent: the timer's own lateness (up to a millisecond) is the
+//! generator's, not the server's.
+//!
 //! Usage: `loadgen --url http://127.0.0.1:5000/webhook/zoho-desk --size 4096 --connections 64
-//! --duration 8 [--warmup 1] [--requests N] [--threads 2] [--secret bench-secret]
+//! --duration 8 [--warmup 1] [--requests N] [--rate R] [--threads 2] [--secret bench-secret]
 //! [--header X-Zoho-Signature] [--timeout 5]`
 
 use std::collections::BTreeMap;
@@ -41,6 +49,8 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     requests: Option<u64>,
+    /// Total requests per second across all connections; `None` for a closed loop.
+    rate: Option<f64>,
     threads: usize,
     secret: String,
     header: String,
@@ -84,11 +94,20 @@ fn parse_args() -> Args {
         duration: Duration::from_secs_f64(num("duration", "8")),
         warmup: Duration::from_secs_f64(num("warmup", "1")),
         requests: map.get("requests").map(|_| num("requests", "0") as u64),
+        rate: map.get("rate").map(|_| positive(num("rate", "0"), "rate")),
         threads: num("threads", "2") as usize,
         secret: get("secret", "bench-secret"),
         header: get("header", "X-Zoho-Signature"),
         timeout: Duration::from_secs_f64(num("timeout", "5")),
     }
+}
+
+/// `value` if it is a positive finite number; `parse` also accepts "inf" and "NaN".
+fn positive(value: f64, name: &str) -> f64 {
+    if !(value.is_finite() && value > 0.0) {
+        die(&format!("--{name} must be a positive finite number"));
+    }
+    value
 }
 
 fn die(message: &str) -> ! {
@@ -136,6 +155,8 @@ struct Shared {
     nonce: u64,
     /// Requests started, for `--requests`.
     started: AtomicU64,
+    /// When the run began: `--rate`'s schedule counts from here.
+    began: Instant,
     record_from: Instant,
     end: Instant,
 }
@@ -220,7 +241,22 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<
     })
 }
 
-/// One keep-alive connection sending requests back to back; reconnects when the server closes.
+/// When connection `index`'s `k`-th request (from 0) is due under `--rate`, or `None` in a closed
+/// loop. The connections take turns, `1 / rate` apart, so the load is even and totals `rate`.
+/// A slot too far off to represent is past the end of the run.
+fn due(shared: &Shared, index: usize, k: u64) -> Option<Instant> {
+    let rate = shared.args.rate?;
+    let slot = index as f64 + k as f64 * shared.args.connections as f64;
+    let offset = Duration::try_from_secs_f64(slot / rate).ok();
+    Some(
+        offset
+            .and_then(|d| shared.began.checked_add(d))
+            .unwrap_or(shared.end),
+    )
+}
+
+/// One keep-alive connection sending requests back to back, or on `--rate`'s schedule;
+/// reconnects when the server closes.
 async fn connection(index: usize, shared: Arc<Shared>) -> Stats {
     let args = &shared.args;
     let mut stats = Stats::default();
@@ -229,8 +265,9 @@ async fn connection(index: usize, shared: Arc<Shared>) -> Stats {
     let mut response = Vec::with_capacity(4096);
     let mut seq: u64 = 0;
     loop {
-        let now = Instant::now();
-        if now >= shared.end {
+        // Under `--rate` a request late past the end is not sent: the run keeps its length.
+        let due = due(&shared, index, seq);
+        if Instant::now() >= shared.end || due.is_some_and(|t| t >= shared.end) {
             break;
         }
         if let Some(limit) = args.requests
@@ -265,6 +302,17 @@ async fn connection(index: usize, shared: Arc<Shared>) -> Stats {
         );
         request.extend_from_slice(&shared.prefix);
         request.extend_from_slice(suffix.as_bytes());
+        // Early: wait for the slot. Late (the server held the last request past this slot):
+        // send at once and count the latency from the slot, so the time queued behind the slow
+        // answer shows; the connection catches up without skipping any slot.
+        let late_from = match due {
+            Some(due) if Instant::now() >= due => Some(due),
+            Some(due) => {
+                tokio::time::sleep_until(due.into()).await;
+                None
+            }
+            None => None,
+        };
 
         if stream.is_none() {
             match TcpStream::connect((args.host.as_str(), args.port)).await {
@@ -274,6 +322,7 @@ async fn connection(index: usize, shared: Arc<Shared>) -> Stats {
                     stream = Some(s);
                 }
                 Err(_) => {
+                    // The slot is spent, as the request counts against `--requests`.
                     *stats.errors.entry("connect").or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -282,14 +331,17 @@ async fn connection(index: usize, shared: Arc<Shared>) -> Stats {
         }
         let s = stream.as_mut().expect("connected above");
         let sent = Instant::now();
+        // A timer that wakes late is the generator's delay, not the server's: an early
+        // connection's latency counts from when it actually sent.
+        let origin = late_from.unwrap_or(sent);
         let exchange = async {
             s.write_all(&request).await?;
             read_response(s, &mut response).await
         };
         match tokio::time::timeout(args.timeout, exchange).await {
             Ok(Ok(r)) => {
-                if sent >= shared.record_from {
-                    let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                if origin >= shared.record_from {
+                    let us = origin.elapsed().as_micros().min(u32::MAX as u128) as u32;
                     stats.latencies_us.push(us);
                     *stats.status.entry(r.status).or_default() += 1;
                     let body = &response[r.body_start..r.body_end];
@@ -356,6 +408,7 @@ fn main() {
         None => (began + args.warmup, began + args.warmup + args.duration),
     };
     let connections = args.connections;
+    let rate = args.rate.map_or("null".to_owned(), |r| r.to_string());
     let body_bytes = prefix.len() + 60;
     let shared = Arc::new(Shared {
         args,
@@ -363,6 +416,7 @@ fn main() {
         mac,
         nonce,
         started: AtomicU64::new(0),
+        began,
         record_from,
         end,
     });
@@ -399,7 +453,7 @@ fn main() {
     println!(
         "{{\"requests\":{n},\"seconds\":{:.3},\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\
          \"max_ms\":{:.3},\"body_bytes\":{body_bytes},\"connections\":{connections},\
-         \"connects\":{},\"status\":{},\"events\":{},\"errors\":{}}}",
+         \"rate\":{rate},\"connects\":{},\"status\":{},\"events\":{},\"errors\":{}}}",
         measured.as_secs_f64(),
         n as f64 / measured.as_secs_f64(),
         percentile_ms(&total.latencies_us, 50.0),
