@@ -1,9 +1,9 @@
 //! The top-level members of a JSON object, read from text already known to be valid JSON.
 //!
 //! Intake reads a handful of small fields from payloads that are mostly one long message. The
-//! text was validated when the delivery was parsed, so skipping the message again needs no
-//! validation: a search for the closing quote does, and that is most of what reading the
-//! fields costs.
+//! text was validated when the delivery was parsed, so skipping that message a second time needs
+//! no validation, only a search for its closing quote: and skipping it is most of what reading
+//! the fields costs.
 
 use memchr::memchr2;
 
