@@ -280,6 +280,36 @@ async fn rollout_levels_write_progressively_more() {
 }
 
 #[tokio::test]
+async fn a_move_whose_answer_was_lost_is_still_the_jobs_own() {
+    // The move takes the ticket out of `spec.departments`, then its answer is an error: the
+    // retry must carry on with the ticket it moved, not drop it as out of scope.
+    let fake = seeded_fake().await;
+    let metrics = Metrics::new();
+    let workflow = workflow(&fake, &metrics);
+    let dispatch_and_link = settings(flags(&["dispatch", "link"]));
+    let attempts = FakeZoho::fast_options().retry.max_attempts as usize;
+    fake.fail_next("move_ticket", attempts, Fault::ServerErrorAfterEffect);
+    let job = job(8, "Ticket_Add");
+    let first = workflow.run(&job, &dispatch_and_link).await;
+    let failure = first.failure().expect("the move's answer is an error");
+    assert_eq!(failure.step, "dispatch");
+    assert!(failure.retryable);
+    assert_eq!(fake.ticket(TICKET).unwrap()["departmentId"], "4");
+
+    fake.forget_calls();
+    let retry = Job { attempt: 2, ..job };
+    let second = workflow.run(&retry, &dispatch_and_link).await;
+    assert_eq!(second.skipped, None);
+    assert!(second.succeeded(), "{:?}", second.steps);
+    assert_eq!(status_of(&second, "dispatch"), &StepStatus::NotNeeded);
+    assert_eq!(
+        write_ops(&fake),
+        ["update_ticket"],
+        "the link is written and the move is not sent again"
+    );
+}
+
+#[tokio::test]
 async fn a_retry_after_a_failure_in_the_middle_repeats_no_write() {
     let fake = seeded_fake().await;
     let metrics = Metrics::new();

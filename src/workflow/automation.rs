@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::connection::{ZohoConnection, ZohoConnector};
 use super::echo::EchoGuard;
-use super::ledger::StepLedger;
+use super::ledger::{LedgerError, StepLedger};
 use super::linking::{self, LinkStrategy, Message};
 use super::offline;
 use super::reply::{self, ReplyError, ReplyRewriter, ReplyRules};
@@ -32,6 +32,10 @@ use crate::zoho::{Api, Call, ContentType, Reply, Thread, Ticket, ZohoClients, Zo
 const MAX_CONTACTS: usize = 3;
 /// Longest template reply accepted (Zoho's own limit is far higher).
 const MAX_REPLY_CHARS: usize = 10_000;
+/// The ledger entry written just before a move is sent, naming its target department: a move
+/// can reach Zoho while its answer is lost (a timeout, a killed pod), and the job that sent
+/// it must still know the move for its own.
+const DISPATCH_SENT: &str = "dispatch_sent";
 
 /// The automation workflow.
 pub struct AutomationWorkflow {
@@ -131,6 +135,16 @@ impl Workflow for AutomationWorkflow {
 }
 
 impl AutomationWorkflow {
+    /// Whether this job moved the ticket to `department` in an earlier attempt: the move
+    /// succeeded, or it was sent there and its answer never came.
+    async fn moved_by(&self, job_key: &str, department: Option<&str>) -> Result<bool, LedgerError> {
+        if self.ledger.completed(job_key, "dispatch").await?.is_some() {
+            return Ok(true);
+        }
+        let sent = self.ledger.completed(job_key, DISPATCH_SENT).await?;
+        Ok(sent.is_some_and(|target| same_name(department, &target)))
+    }
+
     async fn run_steps(&self, job: &Job, settings: &Settings, report: &mut DecisionReport) {
         let event = &job.event;
         let window = Duration::from_secs(settings.zoho().echo_window_seconds);
@@ -185,8 +199,8 @@ impl AutomationWorkflow {
         let job_key = format!("{}-{}", hex_key(&event.dedupe_key), job.id);
         // A retried job whose earlier attempt moved the ticket finds it in the target
         // department; that move was ours, so the job carries on.
-        let moved_by_this_job = match self.ledger.completed(&job_key, "dispatch").await {
-            Ok(done) => done.is_some(),
+        let moved_by_this_job = match self.moved_by(&job_key, facts.department.as_deref()).await {
+            Ok(moved) => moved,
             Err(error) => {
                 report.record(ledger_failed("dispatch", &error));
                 return;
@@ -284,6 +298,7 @@ impl AutomationWorkflow {
                         .department_id_by_name(target)
                         .await?
                         .ok_or_else(|| unknown_department(target))?;
+                    self.ledger.record(&job_key, DISPATCH_SENT, target).await;
                     zoho.desk.move_ticket(&ticket_id, &id).await?;
                     Ok(format!("moved to {target}"))
                 },
@@ -989,7 +1004,7 @@ fn timed(mut step: StepReport, started: Instant) -> StepReport {
 }
 
 /// A step not attempted because the ledger could not say whether it was already done.
-fn ledger_failed(step: &str, error: &super::ledger::LedgerError) -> StepReport {
+fn ledger_failed(step: &str, error: &LedgerError) -> StepReport {
     let mut report = StepReport::new(step, StepStatus::Failed, error.to_string());
     report.retryable = true;
     report

@@ -59,6 +59,9 @@ pub enum Fault {
     RetryAfter(u64),
     /// 500, after which nothing is known of the call's effect.
     ServerError,
+    /// The call takes effect, then 500: the client cannot tell it from a call that did
+    /// nothing, as when an answer is lost to a timeout or to the caller's death.
+    ServerErrorAfterEffect,
 }
 
 /// How the token endpoint answers.
@@ -606,6 +609,11 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             tokio::time::sleep(latency).await;
         }
         match fault {
+            Some(Fault::ServerErrorAfterEffect) => {
+                next.run(Request::from_parts(parts, Body::from(bytes)))
+                    .await;
+                fault_response(api, Fault::ServerError)
+            }
             Some(fault) => fault_response(api, fault),
             None => match refusal(&shared, api, &parts.headers) {
                 Some(refusal) => refusal,
@@ -696,12 +704,12 @@ fn fault_response(api: ApiKind, fault: Fault) -> Response {
             );
             response
         }
-        Fault::ServerError if crm => crm_error(
+        Fault::ServerError | Fault::ServerErrorAfterEffect if crm => crm_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",
             "internal error",
         ),
-        Fault::ServerError => desk_error(
+        Fault::ServerError | Fault::ServerErrorAfterEffect => desk_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_SERVER_ERROR",
             "An internal server error occurred.",
