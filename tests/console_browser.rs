@@ -191,6 +191,38 @@ impl Browser {
         .await;
     }
 
+    /// Clicks a link or a submit button and waits for the page it leads to. A click returns
+    /// when the browser has taken it, which can be before the navigation has begun; reading
+    /// the page then would read the old one.
+    async fn click_to_navigate(&self, css: &str) {
+        let before = self.current_url().await;
+        self.click(css).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.current_url().await == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "clicking {css} left the browser on {before}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The new document is read once it has loaded.
+        while self
+            .call(
+                reqwest::Method::POST,
+                "/execute/sync",
+                Some(json!({"script": "return document.readyState", "args": []})),
+            )
+            .await
+            != "complete"
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page after clicking {css} did not finish loading"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
         let element = self.find(css).await;
         self.call(
@@ -300,7 +332,9 @@ async fn the_console_works_in_a_real_browser() {
     browser.go(&console).await;
     assert!(browser.current_url().await.ends_with("/console/login"));
     browser.type_into("input[name=token]", ADMIN_TOKEN).await;
-    browser.click("form[action='/console/login'] button").await;
+    browser
+        .click_to_navigate("form[action='/console/login'] button")
+        .await;
     assert!(
         browser.current_url().await.ends_with("/console"),
         "signed in and back on the console"
@@ -322,7 +356,9 @@ async fn the_console_works_in_a_real_browser() {
     browser
         .click("select[name=department] option[value='FACTURATION']")
         .await;
-    browser.click("form.filters button[type=submit]").await;
+    browser
+        .click_to_navigate("form.filters button[type=submit]")
+        .await;
     let url = browser.current_url().await;
     assert!(url.contains("department=FACTURATION"), "{url}");
     // The list comes into view: the rollout panel is above it.
@@ -343,7 +379,7 @@ async fn the_console_works_in_a_real_browser() {
 
     // One decision in full.
     browser.go(&format!("{console}?ticket=101")).await;
-    browser.click("td.ticket a").await;
+    browser.click_to_navigate("td.ticket a").await;
     assert!(browser.current_url().await.contains("/console/decisions/"));
     let heading = browser.text("h1").await;
     assert!(heading.starts_with("Ticket #101"), "{heading}");
