@@ -154,15 +154,20 @@ fn per_ticket(fake: &FakeZoho, op: &str) -> HashMap<String, usize> {
 }
 
 /// Waits, at most [`DRAIN`], until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    assert!(drained(done).await, "timed out waiting for {what}");
+}
+
+/// Whether `done` came to hold within [`DRAIN`].
+async fn drained(mut done: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + DRAIN;
     while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    true
 }
 
 /// `deskhook queue …` against `redis`, parsed as JSON.
@@ -275,18 +280,14 @@ async fn a_killed_process_loses_no_job_and_repeats_no_write() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let deadline = tokio::time::Instant::now() + DRAIN;
-    while !unfinished().is_empty() {
-        if tokio::time::Instant::now() >= deadline {
-            let stats = queue_cli(&redis, &["stats"]).await;
-            panic!(
-                "timed out waiting for every ticket moved and linked: {:?} are not; queue {stats}\n\
-                 the surviving pod's log:\n{}",
-                unfinished(),
-                b.output.text()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !drained(|| unfinished().is_empty()).await {
+        let stats = queue_cli(&redis, &["stats"]).await;
+        panic!(
+            "timed out waiting for every ticket moved and linked: {:?} are not; queue {stats}\n\
+             the surviving pod's log:\n{}",
+            unfinished(),
+            b.output.text()
+        );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for op in ["move_ticket", "update_ticket"] {

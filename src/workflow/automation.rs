@@ -137,12 +137,12 @@ impl Workflow for AutomationWorkflow {
 impl AutomationWorkflow {
     /// Whether this job moved the ticket to `department` in an earlier attempt: the move
     /// succeeded, or it was sent there and its answer never came.
-    async fn moved_by(&self, job_key: &str, department: Option<&str>) -> Result<bool, LedgerError> {
+    async fn moved_by(&self, job_key: &str, department: &str) -> Result<bool, LedgerError> {
         if self.ledger.completed(job_key, "dispatch").await?.is_some() {
             return Ok(true);
         }
         let sent = self.ledger.completed(job_key, DISPATCH_SENT).await?;
-        Ok(sent.is_some_and(|target| same_name(department, &target)))
+        Ok(sent.is_some_and(|target| same_name(Some(department), &target)))
     }
 
     async fn run_steps(&self, job: &Job, settings: &Settings, report: &mut DecisionReport) {
@@ -198,22 +198,24 @@ impl AutomationWorkflow {
         report.department = facts.department.clone().or(facts.department_id.clone());
         let job_key = format!("{}-{}", hex_key(&event.dedupe_key), job.id);
         // A retried job whose earlier attempt moved the ticket finds it in the target
-        // department; that move was ours, so the job carries on.
-        let moved_by_this_job = match self.moved_by(&job_key, facts.department.as_deref()).await {
-            Ok(moved) => moved,
-            Err(error) => {
-                report.record(ledger_failed("dispatch", &error));
-                return;
-            }
-        };
+        // department; that move was ours, so the job carries on. The ledger is only asked
+        // about a ticket found outside `spec.departments`.
         if let Some(department) = &facts.department
             && !settings.handles_department(department)
-            && !moved_by_this_job
         {
-            report.skipped = Some(format!(
-                "department {department} is not in spec.departments"
-            ));
-            return;
+            match self.moved_by(&job_key, department).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    report.skipped = Some(format!(
+                        "department {department} is not in spec.departments"
+                    ));
+                    return;
+                }
+                Err(error) => {
+                    report.record(ledger_failed("dispatch", &error));
+                    return;
+                }
+            }
         }
 
         // 2. Link (decide).
