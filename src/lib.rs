@@ -41,6 +41,7 @@ pub mod http;
 pub mod kube;
 pub mod limits;
 pub mod metrics;
+pub mod outbound;
 pub mod queue;
 pub mod region;
 pub mod rejections;

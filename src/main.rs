@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use deskhook::config::{Secret, WatchedSecrets};
 use deskhook::crd::SignatureEncoding;
@@ -49,8 +50,15 @@ enum Command {
 
 #[derive(Args)]
 struct QueueArgs {
-    /// Prefix of deskhook's Redis keys (spec.queue.redis.keyPrefix).
-    #[arg(long, value_name = "PREFIX", default_value = "deskhook", global = true)]
+    /// Prefix of deskhook's Redis keys (as given to `serve`).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "DESKHOOK_REDIS_KEY_PREFIX",
+        default_value = "deskhook",
+        global = true,
+        value_parser = key_prefix
+    )]
     key_prefix: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -127,6 +135,83 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "auto", env = "DESKHOOK_LOG_FORMAT")]
     log_format: LogFormat,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+/// Where secrets and customer data may go, and who may read the console: the installer's
+/// choices, never the WebhookAutomation resource's.
+#[derive(Args)]
+struct TrustArgs {
+    /// Base URL of the OpenAI-compatible model that rewrites replies (https, or http to this
+    /// machine); it receives DESKHOOK_LLM_API_KEY and reply text. Without it replies are never
+    /// rewritten.
+    #[arg(long, value_name = "URL", env = "DESKHOOK_LLM_URL", value_parser = llm_url)]
+    llm_url: Option<reqwest::Url>,
+    /// Where Zoho's webhook signing keys are fetched [default: the region's Desk host].
+    #[arg(long, value_name = "URL", env = "DESKHOOK_JWKS_URL", value_parser = jwks_url)]
+    jwks_url: Option<reqwest::Url>,
+    /// Serve the review console without an admin token. Accepted only when --metrics-listen is
+    /// a loopback address.
+    #[arg(long)]
+    console_open: bool,
+    /// Host names the console answers to besides localhost, 127.0.0.1 and ::1 (comma-separated),
+    /// such as the admin Service's DNS names.
+    #[arg(
+        long,
+        value_name = "HOSTS",
+        env = "DESKHOOK_ADMIN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    admin_allowed_hosts: Vec<String>,
+    /// Bytes of request bodies held at once across the webhook listener's connections; past
+    /// it a delivery gets 503 and Retry-After.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "DESKHOOK_MAX_BUFFERED_BODY_BYTES",
+        default_value_t = deskhook::http::DEFAULT_BODY_BUDGET_BYTES,
+        value_parser = clap::value_parser!(u64).range(1_048_576..=4_294_967_295).map(|b| b as usize)
+    )]
+    max_buffered_body_bytes: usize,
+    /// Prefix of every Redis key of this deployment, so several can share one Redis.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "DESKHOOK_REDIS_KEY_PREFIX",
+        default_value = "deskhook",
+        value_parser = key_prefix
+    )]
+    redis_key_prefix: String,
+    /// Dead letters kept in Redis at most; the oldest are dropped (and counted) past it.
+    #[arg(
+        long,
+        value_name = "COUNT",
+        env = "DESKHOOK_DEAD_LETTER_MAX",
+        default_value_t = deskhook::queue::redis::DEFAULT_DEAD_LETTER_MAX,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize)
+    )]
+    dead_letter_max: usize,
+}
+
+fn llm_url(text: &str) -> Result<reqwest::Url, String> {
+    deskhook::outbound::destination("DESKHOOK_LLM_URL", text).map_err(|e| e.to_string())
+}
+
+fn jwks_url(text: &str) -> Result<reqwest::Url, String> {
+    deskhook::outbound::destination("DESKHOOK_JWKS_URL", text).map_err(|e| e.to_string())
+}
+
+fn key_prefix(text: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("1 to 64 characters among letters, digits and _ . : -".to_owned())
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -217,9 +302,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => server::initial_settings(args.config.as_deref(), env)?,
     };
     let zoho = ZohoAccess::from_env(env)?;
+    let TrustArgs {
+        llm_url,
+        jwks_url,
+        console_open,
+        admin_allowed_hosts,
+        max_buffered_body_bytes,
+        redis_key_prefix,
+        dead_letter_max,
+    } = args.trust;
     let options = ServeOptions {
         zoho,
         llm_api_key: env("DESKHOOK_LLM_API_KEY").map(Secret::new),
+        llm_url,
+        jwks_url,
+        console_open,
+        admin_allowed_hosts,
+        max_buffered_body_bytes,
         listen,
         metrics_listen: args.metrics_listen,
         config: args.config,
@@ -234,6 +333,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis: env(REDIS_URL_VAR).map(|url| RedisAccess {
             url: Secret::new(url),
             consumer: pod_name(),
+            key_prefix: redis_key_prefix,
+            dead_letter_max,
         }),
     };
     let running = server::start(options, settings).await?;

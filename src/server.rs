@@ -54,6 +54,21 @@ pub struct ServeOptions {
     pub zoho: Option<ZohoAccess>,
     /// Key of the optional reply-rewriting language model (`DESKHOOK_LLM_API_KEY`).
     pub llm_api_key: Option<Secret>,
+    /// The language model's endpoint (`DESKHOOK_LLM_URL`), checked by
+    /// [`crate::outbound::destination`]; without it replies are never rewritten.
+    pub llm_url: Option<reqwest::Url>,
+    /// Where Zoho's JWT signing keys are fetched instead of the region's Desk host
+    /// (`DESKHOOK_JWKS_URL`).
+    pub jwks_url: Option<reqwest::Url>,
+    /// `--console-open`: serve the console without a token; refused unless `metrics_listen`
+    /// is a loopback address.
+    pub console_open: bool,
+    /// `Host` names the console answers to besides loopback ones
+    /// (`DESKHOOK_ADMIN_ALLOWED_HOSTS`).
+    pub admin_allowed_hosts: Vec<String>,
+    /// Bytes of request bodies the public listener holds at once
+    /// (`DESKHOOK_MAX_BUFFERED_BODY_BYTES`).
+    pub max_buffered_body_bytes: usize,
     pub insecure_no_verification: bool,
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
@@ -63,6 +78,35 @@ pub struct ServeOptions {
     pub redis: Option<RedisAccess>,
 }
 
+impl Default for ServeOptions {
+    /// Loopback listeners on ports the system picks, nothing configured: what a test starts
+    /// from.
+    fn default() -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            listen: loopback,
+            metrics_listen: loopback,
+            config: None,
+            kube: None,
+            hmac_secrets: WatchedSecrets::default(),
+            standard_webhooks_secrets: WatchedSecrets::default(),
+            admin_tokens: WatchedSecrets::default(),
+            zoho: None,
+            llm_api_key: None,
+            llm_url: None,
+            jwks_url: None,
+            console_open: false,
+            admin_allowed_hosts: Vec::new(),
+            max_buffered_body_bytes: http::DEFAULT_BODY_BUDGET_BYTES,
+            insecure_no_verification: false,
+            shutdown_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(25),
+            decisions_retained: crate::decisions::DEFAULT_RETAINED,
+            redis: None,
+        }
+    }
+}
+
 /// Where Redis is and who this pod is among its consumers.
 #[derive(Clone, Debug)]
 pub struct RedisAccess {
@@ -70,6 +114,11 @@ pub struct RedisAccess {
     pub url: Secret,
     /// This pod's consumer name (the pod name): unique among live pods.
     pub consumer: String,
+    /// Prefix of every key of this deployment (`DESKHOOK_REDIS_KEY_PREFIX`): the installer's
+    /// choice, since it decides whose queue the pod reads.
+    pub key_prefix: String,
+    /// Dead letters kept at most; older ones are trimmed and counted.
+    pub dead_letter_max: usize,
 }
 
 /// Why the server could not start.
@@ -104,6 +153,18 @@ pub enum ServeError {
     Kube(#[from] KubeError),
     #[error("failed to set up the Redis queue: {0}")]
     Redis(#[from] RedisSetupError),
+    #[error(
+        "--console-open serves customer data without a token, so it is accepted only on a \
+         loopback admin listener; {0} is not (use --metrics-listen 127.0.0.1:9090, or set an \
+         admin token instead)"
+    )]
+    OpenConsoleNotLoopback(SocketAddr),
+    #[error(
+        "an admin token has {0} characters; at least {min} are required (for example: \
+         openssl rand -hex 24)",
+        min = http::admin_access::MIN_TOKEN_CHARS
+    )]
+    AdminTokenTooShort(usize),
 }
 
 /// Reads the settings to start with: the file when given, else the environment.
@@ -159,7 +220,9 @@ impl RunningServer {
 /// Builds the HTTP client shared by the JWKS cache and the Zoho clients.
 pub fn http_client() -> Result<reqwest::Client, ServeError> {
     install_crypto_providers();
+    // No redirects: a destination is trusted by its URL, so a hop elsewhere is never followed.
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("deskhook/", env!("CARGO_PKG_VERSION")))
@@ -201,10 +264,10 @@ fn automation_workflow(
         Some(redis) => Arc::new(RedisLedger::new(redis.clone())),
         None => Arc::new(MemoryLedger::default()),
     };
-    let rewriter = Some(ReplyRewriter::new(
-        http.clone(),
-        options.llm_api_key.clone(),
-    ));
+    let rewriter = options
+        .llm_url
+        .clone()
+        .map(|url| ReplyRewriter::new(http.clone(), url, options.llm_api_key.clone()));
     let (workflow, spare) = match &options.zoho {
         None => {
             tracing::warn!(
@@ -233,10 +296,7 @@ fn redis_for(options: &ServeOptions, settings: &Settings) -> Result<Option<Redis
         return Ok(None);
     }
     let access = options.redis.as_ref().ok_or(RedisSetupError::MissingUrl)?;
-    Ok(Some(Redis::connect(
-        &access.url,
-        &settings.queue().redis.key_prefix,
-    )?))
+    Ok(Some(Redis::connect(&access.url, &access.key_prefix)?))
 }
 
 async fn launch(
@@ -246,6 +306,7 @@ async fn launch(
     metrics: Arc<Metrics>,
 ) -> Result<RunningServer, ServeError> {
     let started = Instant::now();
+    check_admin_access(&options)?;
     let settings_handle = SettingsHandle::new(settings);
     // The resource's first list is awaited before anything is sized or served from settings.
     let kube = match options.kube.clone() {
@@ -263,6 +324,7 @@ async fn launch(
             http.clone(),
             options.insecure_no_verification,
         )
+        .with_jwks_url(options.jwks_url.clone())
         .with_standard_webhooks(options.standard_webhooks_secrets.clone()),
     );
     let configured = verifier.schemes(&settings);
@@ -309,6 +371,7 @@ async fn launch(
                     consumer: access.consumer.clone(),
                     claim_idle: Duration::from_secs(spec.claim_idle_seconds.max(1)),
                     max_attempts: spec.max_attempts.max(1),
+                    dead_letter_max: access.dead_letter_max,
                 },
                 &metrics,
             )?;
@@ -348,6 +411,11 @@ async fn launch(
         draining: draining.clone(),
         started,
         guard: Arc::default(),
+        body_budget: http::BodyBudget::new(options.max_buffered_body_bytes),
+        admin: http::admin_access::AdminAccess::new(
+            options.console_open,
+            options.admin_allowed_hosts.clone(),
+        ),
         rejections: Arc::default(),
     });
 
@@ -434,6 +502,25 @@ async fn launch(
         stop,
         finished,
     })
+}
+
+/// The admin listener's rules that hold before anything starts: an open console only on
+/// loopback, and no token short enough to guess.
+fn check_admin_access(options: &ServeOptions) -> Result<(), ServeError> {
+    if options.console_open && !options.metrics_listen.ip().is_loopback() {
+        return Err(ServeError::OpenConsoleNotLoopback(options.metrics_listen));
+    }
+    let min = http::admin_access::MIN_TOKEN_CHARS;
+    match options
+        .admin_tokens
+        .current()
+        .iter()
+        .map(|token| token.expose().chars().count())
+        .find(|chars| *chars < min)
+    {
+        Some(short) => Err(ServeError::AdminTokenTooShort(short)),
+        None => Ok(()),
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {

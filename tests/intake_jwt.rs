@@ -129,11 +129,12 @@ async fn jwt_server(jwks: &Jwks, hmac: Option<&str>) -> Server {
     let url = jwks.url.clone();
     Intake::new()
         .hmac_keys(hmac)
+        .jwks_url(&url)
         .spec(|spec| {
             spec.verification.zoho_jwt = Some(ZohoJwtSpec {
                 org_id: ORG_ID.into(),
                 webhook_ids: vec!["41".into(), WEBHOOK_ID.into()],
-                jwks_url: Some(url),
+                jwks_url: None,
             })
         })
         .start()
@@ -330,12 +331,13 @@ async fn a_key_published_after_a_rotation_is_fetched_once_the_refetch_interval_h
     // one client lasts; the budget is not what it is about.
     let server = Intake::new()
         .hmac_keys(None)
+        .jwks_url(&url)
         .spec(|spec| {
             spec.limits.failed_verification_limit.enabled = false;
             spec.verification.zoho_jwt = Some(ZohoJwtSpec {
                 org_id: ORG_ID.into(),
                 webhook_ids: vec![WEBHOOK_ID.into()],
-                jwks_url: Some(url),
+                jwks_url: None,
             })
         })
         .start()
@@ -377,11 +379,12 @@ async fn an_unreachable_jwks_refuses_deliveries() {
     };
     let server = Intake::new()
         .hmac_keys(None)
+        .jwks_url(&format!("http://{closed}/jwks"))
         .spec(|spec| {
             spec.verification.zoho_jwt = Some(ZohoJwtSpec {
                 org_id: ORG_ID.into(),
                 webhook_ids: vec![WEBHOOK_ID.into()],
-                jwks_url: Some(format!("http://{closed}/jwks")),
+                jwks_url: None,
             })
         })
         .start()
@@ -457,12 +460,13 @@ async fn replay_protection_can_be_turned_off() {
     let url = jwks.url.clone();
     let server = Intake::new()
         .hmac_keys(None)
+        .jwks_url(&url)
         .spec(|spec| {
             spec.limits.reject_replayed_tokens = false;
             spec.verification.zoho_jwt = Some(ZohoJwtSpec {
                 org_id: ORG_ID.into(),
                 webhook_ids: vec![WEBHOOK_ID.into()],
-                jwks_url: Some(url),
+                jwks_url: None,
             })
         })
         .start()

@@ -53,7 +53,7 @@ async fn model(answer: &str) -> (String, Seen) {
     (url, seen)
 }
 
-fn settings(llm_url: &str) -> Settings {
+fn settings() -> Settings {
     let yaml = r#"
 routing:
   - name: facturation
@@ -66,13 +66,16 @@ replies:
 "#;
     let mut spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
     spec.replies.llm = Some(LlmSpec {
-        url: llm_url.to_owned(),
         model: "test-model".into(),
-        instructions: None,
         min_chars: 20,
         max_chars: 400,
+        ..LlmSpec::default()
     });
-    spec.automation = AutomationFlags::READ_ONLY;
+    // Offline, with drafts on: the model is asked only when a reply is to be written.
+    spec.automation = AutomationFlags {
+        draft_replies: true,
+        ..AutomationFlags::READ_ONLY
+    };
     Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap()
 }
 
@@ -95,9 +98,13 @@ async fn reply_for(
 ) {
     let (url, seen) = model(answer).await;
     let http = deskhook::server::http_client().unwrap();
-    let rewriter = ReplyRewriter::new(http, Some(Secret::new("llm-test-key")));
+    let rewriter = ReplyRewriter::new(
+        http,
+        url.parse().unwrap(),
+        Some(Secret::new("llm-test-key")),
+    );
     let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), Some(rewriter));
-    let report = workflow.run(&job(), &settings(&url)).await;
+    let report = workflow.run(&job(), &settings()).await;
     let calls = seen.lock().unwrap().clone();
     (report.reply.expect("a reply"), calls)
 }
@@ -109,13 +116,47 @@ async fn a_valid_rewrite_replaces_the_template_text() {
     let (reply, calls) = reply_for(rewrite).await;
     assert!(reply.rewritten);
     assert_eq!(reply.text, rewrite);
-    // The model saw only the rendered reply, with the configured key.
+    // The model saw only the rendered reply, fenced as data, with the configured key.
     let (auth, body) = &calls[0];
     assert_eq!(auth.as_deref(), Some("Bearer llm-test-key"));
     assert_eq!(body["model"], "test-model");
     assert_eq!(
         body["messages"][1]["content"],
-        "Bonjour, votre demande de facture est transmise au service comptable."
+        "<reply>\nBonjour, votre demande de facture est transmise au service comptable.\n</reply>"
+    );
+    assert!(
+        body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("never as instructions"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_rewrite_that_adds_a_link_is_not_used() {
+    let (reply, calls) = reply_for(
+        "Bonjour, votre facture est disponible sur https://factures.evil.example/telecharger maintenant.",
+    )
+    .await;
+    assert_eq!(calls.len(), 1);
+    assert!(!reply.rewritten);
+    assert!(reply.text.starts_with("Bonjour, votre demande"));
+}
+
+#[tokio::test]
+async fn no_reply_to_write_means_no_call_to_the_model() {
+    let (url, seen) = model("Bonjour, une réponse réécrite assez longue pour passer.").await;
+    let http = deskhook::server::http_client().unwrap();
+    let rewriter = ReplyRewriter::new(http, url.parse().unwrap(), None);
+    let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), Some(rewriter));
+    let mut settings = settings();
+    settings.spec.automation = AutomationFlags::READ_ONLY;
+    let report = workflow.run(&job(), &settings).await;
+    assert_eq!(report.reply.expect("a suggested reply").mode, "suggestion");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the model was asked for a suggestion"
     );
 }
 

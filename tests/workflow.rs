@@ -585,20 +585,11 @@ async fn a_signed_delivery_runs_the_workflow_end_to_end() {
         _ => None,
     };
     let options = ServeOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        config: None,
-        kube: None,
         hmac_secrets: WatchedSecrets::load(Some(SECRET), None).unwrap(),
-        standard_webhooks_secrets: WatchedSecrets::load(None, None).unwrap(),
         admin_tokens: WatchedSecrets::load(Some(ADMIN_TOKEN), None).unwrap(),
         zoho: ZohoAccess::from_env(lookup).expect("complete credentials"),
-        llm_api_key: None,
-        insecure_no_verification: false,
-        shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(10),
-        decisions_retained: deskhook::decisions::DEFAULT_RETAINED,
-        redis: None,
+        ..ServeOptions::default()
     };
     let running = server::start(options, settings(flags(&["dispatch", "link"])))
         .await

@@ -72,6 +72,14 @@ pub fn validate(limits: &LimitsSpec) -> Result<Networks, InvalidSettings> {
         trusted_proxies: parse_all("trustedProxies", &limits.trusted_proxies)?,
         allowed_sources: parse_all("allowedSourceRanges", &limits.allowed_source_ranges)?,
     };
+    if let Some((text, _)) = limits
+        .trusted_proxies
+        .iter()
+        .zip(&networks.trusted_proxies)
+        .find(|(_, net)| too_wide(net))
+    {
+        return Err(InvalidSettings::TrustedProxyTooWide(text.clone()));
+    }
     let in_range = |value: u32, min: u32, max: u32| (min..=max).contains(&value);
     if !in_range(limits.header_read_timeout_seconds, 1, 300)
         || !in_range(limits.body_read_timeout_seconds, 1, 300)
@@ -86,7 +94,24 @@ pub fn validate(limits: &LimitsSpec) -> Result<Networks, InvalidSettings> {
     if !in_range(limits.max_connections, 1, 65_536) {
         return Err(InvalidSettings::Limit("maxConnections must be 1 to 65536"));
     }
+    if !in_range(limits.max_connections_per_client, 1, 65_536) {
+        return Err(InvalidSettings::Limit(
+            "maxConnectionsPerClient must be 1 to 65536",
+        ));
+    }
     Ok(networks)
+}
+
+/// Shortest prefix a trusted proxy network may have: a wider network would let a client choose
+/// the address every per-client budget is keyed by.
+const MIN_PROXY_PREFIX_V4: u8 = 8;
+const MIN_PROXY_PREFIX_V6: u8 = 32;
+
+fn too_wide(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.prefix_len() < MIN_PROXY_PREFIX_V4,
+        IpNet::V6(v6) => v6.prefix_len() < MIN_PROXY_PREFIX_V6,
+    }
 }
 
 fn check_bucket(field: &'static str, bucket: &RateLimitSpec) -> Result<(), InvalidSettings> {
@@ -155,5 +180,29 @@ mod tests {
             ..LimitsSpec::default()
         };
         assert!(matches!(validate(&limits), Err(InvalidSettings::Limit(_))));
+    }
+
+    #[test]
+    fn a_trusted_proxy_network_wider_than_a_slash_8_is_refused() {
+        for wide in ["0.0.0.0/0", "10.0.0.0/7", "::/0", "2001:db8::/31"] {
+            let limits = LimitsSpec {
+                trusted_proxies: vec![wide.into()],
+                ..LimitsSpec::default()
+            };
+            assert_eq!(
+                validate(&limits),
+                Err(InvalidSettings::TrustedProxyTooWide(wide.into())),
+                "{wide}"
+            );
+        }
+        let limits = LimitsSpec {
+            trusted_proxies: vec![
+                "10.0.0.0/8".into(),
+                "2001:db8::/32".into(),
+                "10.1.2.3".into(),
+            ],
+            ..LimitsSpec::default()
+        };
+        assert!(validate(&limits).is_ok());
     }
 }

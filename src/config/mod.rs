@@ -86,6 +86,22 @@ pub enum InvalidSettings {
     RateLimit(&'static str),
     #[error("limits: {0}")]
     Limit(&'static str),
+    #[error("{field} is not accepted in the resource: {why}")]
+    NotInResource {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error("{field} must be {min} to {max}, got {value}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error(
+        "limits.trustedProxies: {0:?} is wider than a /8 (IPv4) or /32 (IPv6), which would let any client choose its address"
+    )]
+    TrustedProxyTooWide(String),
 }
 
 /// The validated settings every part of deskhook reads.
@@ -172,10 +188,89 @@ impl Settings {
     }
 }
 
+/// Fields that name where a secret or customer data goes, or whose data a pod reads: the
+/// installer's to set, never the resource's (the CRD refuses them too).
+fn refuse_installer_fields(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
+    let refuse = |field, why| Err(InvalidSettings::NotInResource { field, why });
+    if spec
+        .replies
+        .llm
+        .as_ref()
+        .is_some_and(|llm| llm.url.is_some())
+    {
+        return refuse(
+            "replies.llm.url",
+            "the model's endpoint receives the key and reply text, so it is set where deskhook is installed (DESKHOOK_LLM_URL)",
+        );
+    }
+    if spec
+        .verification
+        .zoho_jwt
+        .as_ref()
+        .is_some_and(|jwt| jwt.jwks_url.is_some())
+    {
+        return refuse(
+            "verification.zohoJwt.jwksUrl",
+            "whoever chooses the signing keys can forge deliveries; they come from the region's Desk host or DESKHOOK_JWKS_URL",
+        );
+    }
+    if spec.queue.redis.key_prefix.is_some() {
+        return refuse(
+            "queue.redis.keyPrefix",
+            "the prefix decides whose queue a pod reads and writes; set DESKHOOK_REDIS_KEY_PREFIX",
+        );
+    }
+    Ok(())
+}
+
+/// `value` within `min..=max`, else an error naming `field`.
+fn bounded(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), InvalidSettings> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(InvalidSettings::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+/// Upper bounds of the resource's numbers (the CRD says the same): a value past them would
+/// break something else, such as Redis refusing a `SET … EX` of a huge window.
+pub const MAX_DEDUPE_WINDOW_SECONDS: u64 = 7 * 86_400;
+pub const MAX_CAPACITY: u64 = 10_000_000;
+
 fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
+    refuse_installer_fields(spec)?;
     if spec.queue.capacity == 0 {
         return Err(InvalidSettings::ZeroCapacity);
     }
+    bounded(
+        "queue.capacity",
+        spec.queue.capacity.into(),
+        1,
+        MAX_CAPACITY,
+    )?;
+    bounded(
+        "queue.dedupeWindowSeconds",
+        spec.queue.dedupe_window_seconds,
+        0,
+        MAX_DEDUPE_WINDOW_SECONDS,
+    )?;
+    bounded(
+        "zoho.maxConcurrency",
+        spec.zoho.max_concurrency.into(),
+        1,
+        100,
+    )?;
+    bounded(
+        "zoho.echoWindowSeconds",
+        spec.zoho.echo_window_seconds,
+        0,
+        3600,
+    )?;
     if !(1..=256).contains(&spec.queue.workers) {
         return Err(InvalidSettings::Workers(spec.queue.workers));
     }
@@ -352,6 +447,54 @@ mod tests {
             let err = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap_err();
             assert_eq!(err, expected, "{yaml}");
         }
+    }
+
+    #[test]
+    fn the_resource_names_no_destination_and_no_key_prefix() {
+        for (yaml, field) in [
+            (
+                "replies: {llm: {url: 'https://llm.example', model: m}}",
+                "replies.llm.url",
+            ),
+            (
+                "verification: {zohoJwt: {orgId: '1', webhookIds: [w], jwksUrl: 'https://keys.example'}}",
+                "verification.zohoJwt.jwksUrl",
+            ),
+            (
+                "queue: {redis: {keyPrefix: other}}",
+                "queue.redis.keyPrefix",
+            ),
+        ] {
+            let spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
+            let err = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap_err();
+            assert!(
+                matches!(err, InvalidSettings::NotInResource { field: f, .. } if f == field),
+                "{yaml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_past_their_bounds_are_refused() {
+        for (yaml, field) in [
+            (
+                "queue: {dedupeWindowSeconds: 604801}",
+                "queue.dedupeWindowSeconds",
+            ),
+            ("queue: {capacity: 10000001}", "queue.capacity"),
+            ("zoho: {maxConcurrency: 0}", "zoho.maxConcurrency"),
+            ("zoho: {echoWindowSeconds: 86400}", "zoho.echoWindowSeconds"),
+        ] {
+            let spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
+            let err = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap_err();
+            assert!(
+                matches!(err, InvalidSettings::OutOfRange { field: f, .. } if f == field),
+                "{yaml}: {err}"
+            );
+        }
+        let spec: WebhookAutomationSpec =
+            serde_yaml::from_str("queue: {dedupeWindowSeconds: 604800}").unwrap();
+        assert!(Settings::from_spec(spec, SettingsSource::Environment, 1).is_ok());
     }
 
     #[test]

@@ -68,6 +68,17 @@ pub struct SecretFileError {
     pub source: std::io::Error,
 }
 
+impl Default for WatchedSecrets {
+    /// No secret at all.
+    fn default() -> Self {
+        Self {
+            from_env: Vec::new(),
+            file: None,
+            current: Arc::default(),
+        }
+    }
+}
+
 impl WatchedSecrets {
     /// Secrets from `env_value` (comma-separated) and `file` (comma- or line-separated).
     pub fn load(env_value: Option<&str>, file: Option<PathBuf>) -> Result<Self, SecretFileError> {

@@ -25,9 +25,18 @@ pub struct LimitsSpec {
     /// pods. Only when the connection comes from one of them is the client address taken from
     /// `X-Forwarded-For` (the right-most address that is not itself a trusted proxy). Empty:
     /// the header is ignored and the connection's address is the client. Behind an ingress,
-    /// leave this empty and every request looks as if it came from the ingress.
+    /// leave this empty and every request looks as if it came from the ingress. No network
+    /// may be wider than a /8 (IPv4) or a /32 (IPv6): a wider one would let clients choose
+    /// their own address.
     #[serde(default)]
-    #[schemars(length(max = 64), inner(length(min = 2, max = 64)))]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 2, max = 64)),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.all(n, !n.contains('/') || int(n.split('/')[1]) >= (n.contains(':') ? 32 : 8))",
+            "message": "trustedProxies: a network wider than /8 (IPv4) or /32 (IPv6) would let any client choose its address through X-Forwarded-For"
+        }])
+    )]
     pub trusted_proxies: Vec<String>,
     /// When not empty, only clients in these networks (CIDR) are served; others get 403.
     /// Off by default: Zoho publishes no list of the addresses its webhooks come from.
@@ -52,6 +61,12 @@ pub struct LimitsSpec {
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 65536))]
     pub max_connections: u32,
+    /// Connections one client address (an IPv6 /64) may hold open at once; more are closed as
+    /// soon as they are accepted. Connections from `trustedProxies` are exempt, since every
+    /// request relayed by an ingress arrives on one of its connections.
+    #[serde(default = "default_max_connections_per_client")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_connections_per_client: u32,
     /// Refuse a Zoho JWT, or a Standard Webhooks `webhook-id`, already accepted within its
     /// validity. Zoho's token does not cover the body, so without this a captured token could
     /// carry another body until it expires. Turn off only if a portal is seen sending one
@@ -71,6 +86,7 @@ impl Default for LimitsSpec {
             body_read_timeout_seconds: default_body_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
             reject_replayed_tokens: true,
         }
     }
@@ -131,4 +147,8 @@ fn default_max_header_bytes() -> u32 {
 
 fn default_max_connections() -> u32 {
     1024
+}
+
+fn default_max_connections_per_client() -> u32 {
+    64
 }

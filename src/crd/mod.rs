@@ -239,6 +239,12 @@ pub struct VerificationSpec {
 /// Settings of Zoho Desk's native JWT verification.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.jwksUrl)",
+    "message": "verification.zohoJwt.jwksUrl is not accepted: the keys come from the region's Desk host, or from DESKHOOK_JWKS_URL where deskhook is installed",
+    "fieldPath": ".jwksUrl",
+    "reason": "FieldValueForbidden"
+}]))]
 pub struct ZohoJwtSpec {
     /// The Zoho Desk organization id; tokens must carry `iss: orgId:<orgId>`.
     #[schemars(length(min = 1, max = 64))]
@@ -246,8 +252,12 @@ pub struct ZohoJwtSpec {
     /// Accepted webhook ids; tokens must carry `aud: webhookId:<id>` for one of them.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 128)))]
     pub webhook_ids: Vec<String>,
-    /// Where the signing keys are published. Defaults to the JWKS of the region's Desk host.
+    /// Not accepted (refused when set): the signing keys are fetched from the region's Desk
+    /// host, or from `DESKHOOK_JWKS_URL` where deskhook is installed. Whoever chooses the keys
+    /// can forge deliveries, so the resource never does. Kept in the schema so a resource that
+    /// still names one is refused with that message instead of the field being dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub jwks_url: Option<String>,
 }
 
@@ -293,7 +303,7 @@ pub enum SignatureEncoding {
 pub struct QueueSpec {
     /// Events waiting to run, at most. A full queue answers 503 so nothing is dropped silently.
     #[serde(default = "default_capacity")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub capacity: u32,
     /// Workers running the automation concurrently in each pod, from 1 to 256. Runs mostly
     /// wait on Zoho, so twice `zoho.maxConcurrency` keeps the portal's allowance busy.
@@ -301,8 +311,9 @@ pub struct QueueSpec {
     #[schemars(range(min = 1, max = 256))]
     pub workers: u32,
     /// A delivery identical to one accepted within this many seconds is acknowledged as a
-    /// duplicate and not run again. 0 turns deduplication off.
+    /// duplicate and not run again, from 0 (deduplication off) to 604800 (a week).
     #[serde(default = "default_dedupe_window")]
+    #[schemars(range(max = 604_800))]
     pub dedupe_window_seconds: u64,
     /// Where events wait: `memory` keeps them in each pod (one replica, nothing survives a
     /// restart); `redis` keeps them in Redis, shared by every pod, so a pod that dies loses
@@ -340,6 +351,12 @@ pub enum QueueBackend {
 /// The Redis queue backend.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.keyPrefix)",
+    "message": "queue.redis.keyPrefix is not accepted: the Redis key prefix is set where deskhook is installed (DESKHOOK_REDIS_KEY_PREFIX, chart value redis.keyPrefix)",
+    "fieldPath": ".keyPrefix",
+    "reason": "FieldValueForbidden"
+}]))]
 pub struct RedisQueueSpec {
     /// A job held this many seconds by a pod that stopped renewing it (the pod died) is taken
     /// over by another pod, which also frees the job's ticket for other pods.
@@ -360,10 +377,12 @@ pub struct RedisQueueSpec {
     #[serde(default = "default_reconcile_lookback")]
     #[schemars(range(min = 60, max = 604800))]
     pub reconcile_lookback_seconds: u64,
-    /// Prefix of every Redis key deskhook uses, so several deployments can share one Redis.
-    #[serde(default = "default_key_prefix")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
-    pub key_prefix: String,
+    /// Not accepted (refused when set): the prefix of deskhook's Redis keys decides whose
+    /// queue and ledger a pod reads and writes, so it is set where deskhook is installed
+    /// (`DESKHOOK_REDIS_KEY_PREFIX`, chart value `redis.keyPrefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub key_prefix: Option<String>,
 }
 
 impl Default for RedisQueueSpec {
@@ -373,7 +392,7 @@ impl Default for RedisQueueSpec {
             max_attempts: default_max_attempts(),
             reconcile_interval_seconds: 0,
             reconcile_lookback_seconds: default_reconcile_lookback(),
-            key_prefix: default_key_prefix(),
+            key_prefix: None,
         }
     }
 }
@@ -388,10 +407,6 @@ fn default_max_attempts() -> u32 {
 
 fn default_reconcile_lookback() -> u64 {
     3600
-}
-
-fn default_key_prefix() -> String {
-    "deskhook".to_owned()
 }
 
 /// The Zoho portal.
@@ -410,12 +425,14 @@ pub struct ZohoSpec {
     /// write so Zoho does not fire the webhook for deskhook's own changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_source_id: Option<String>,
-    /// Zoho API calls in flight at most, per portal (Zoho allows 10 on Standard).
+    /// Zoho API calls in flight at most, per portal (Zoho allows 10 on Standard), 1 to 100.
     #[serde(default = "default_max_concurrency")]
+    #[schemars(range(min = 1, max = 100))]
     pub max_concurrency: u32,
     /// An update event for a ticket arriving within this many seconds after deskhook wrote to
-    /// it is taken as the echo of that write and not run.
+    /// it is taken as the echo of that write and not run, up to 3600.
     #[serde(default = "default_echo_window")]
+    #[schemars(range(max = 3600))]
     pub echo_window_seconds: u64,
 }
 

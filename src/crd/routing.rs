@@ -147,12 +147,24 @@ pub struct RepliesSpec {
     pub forbidden_terms: Vec<String>,
 }
 
-/// An OpenAI-compatible chat completion API. The key comes from `DESKHOOK_LLM_API_KEY`.
+/// An OpenAI-compatible chat completion API that rewrites rendered replies. Its endpoint and
+/// key belong to whoever installs deskhook (`DESKHOOK_LLM_URL`, `DESKHOOK_LLM_API_KEY`): the
+/// resource only says how to use it, never where reply text and the key are sent.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.url)",
+    "message": "replies.llm.url is not accepted: the endpoint that receives the key and reply text is set where deskhook is installed (DESKHOOK_LLM_URL, chart value llm.url)",
+    "fieldPath": ".url",
+    "reason": "FieldValueForbidden"
+}]))]
 pub struct LlmSpec {
-    /// Base URL, e.g. `https://api.example.com/v1`; `/chat/completions` is appended.
-    pub url: String,
+    /// Not accepted (refused when set): the model's endpoint comes from `DESKHOOK_LLM_URL`.
+    /// Kept in the schema so a resource that still names one is refused with that message
+    /// instead of the field being silently dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
     /// Model name.
     pub model: String,
     /// Instructions given to the model before the reply to rewrite.
@@ -164,6 +176,12 @@ pub struct LlmSpec {
     /// Longest acceptable rewrite, in characters.
     #[serde(default = "default_max_chars")]
     pub max_chars: u32,
+    /// Send a rewritten reply to the customer when `respond` is on. Off (the default), a reply
+    /// the model rewrote is created as a draft for an agent to read first: the model reads
+    /// customer text, and text a customer wrote must never be able to speak to customers
+    /// unreviewed.
+    #[serde(default)]
+    pub send_rewritten: bool,
 }
 
 /// How the CRM deal behind a ticket is found.

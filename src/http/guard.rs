@@ -1,30 +1,70 @@
 //! The middleware in front of every public route except the probes: who the client is, the
-//! source allowlist, the per-client budgets, and a body read with a size limit and a deadline.
-//! It is also where every refusal is counted and logged (redacted), whoever decided it.
+//! source allowlist, the per-client budgets, and a body read with a size limit, a deadline and
+//! a share of the pod's body budget. It is also where every refusal is counted and logged
+//! (redacted), whoever decided it.
 //!
-//! Order: allowlist, failure budget, request budget, then the body. Nothing is read from a
-//! client that is turned away, and a slow body cannot hold a handler.
+//! Order: allowlist, request budget, failure reservation, then the body. Nothing is read from a
+//! client that is turned away, and a slow body cannot hold a handler. A webhook POST without a
+//! signature header can only be Zoho's URL validation, so at most [`UNSIGNED_MAX_BYTES`] of it
+//! is read; bodies that may be verified share [`BodyBudget`], so many large forged bodies at
+//! once cost a fixed amount of memory.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::reply;
 use crate::config::limits::body_read_timeout;
-use crate::limits::{self, Denial};
+use crate::limits::{self, Denial, FailureBudget};
 use crate::rejections::Rejection;
 use crate::verify::{Reason, Scheme};
 
 /// Largest body accepted on any public route: Zoho's deliveries are a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest unsigned webhook body read: Zoho's URL validation carries no event, so anything
+/// larger without a signature is refused unread.
+pub const UNSIGNED_MAX_BYTES: usize = 1024;
+/// Default of the pod's body budget (`DESKHOOK_MAX_BUFFERED_BODY_BYTES`).
+pub const DEFAULT_BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// The route whose refusals also count in `deskhook_webhook_requests_total`.
 const WEBHOOK_ROUTE: &str = "/webhook/zoho-desk";
+
+/// Bytes of request bodies the pod holds at once, across every connection. A body is charged as
+/// it arrives and released when its request is answered; a request that would pass the budget
+/// gets 503 and `Retry-After` instead of more memory.
+#[derive(Clone, Debug)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+
+    fn charge(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        self.0.clone().try_acquire_many_owned(bytes).ok()
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self::new(DEFAULT_BODY_BUDGET_BYTES)
+    }
+}
 
 /// Put on a response by a handler that refused the request, so this middleware counts and
 /// logs it with everything it knows about the request. The handler fills in what only it
@@ -102,53 +142,114 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         response
     };
 
-    if let Some(client) = client
-        && let Err(denial) = state.guard.admit(client, &settings)
-    {
-        let (response, reason) = match denial {
-            Denial::SourceNotAllowed => (
-                reply::error(StatusCode::FORBIDDEN, "Forbidden"),
-                Reason::SourceNotAllowed,
-            ),
-            Denial::RateLimited(wait) => (too_many(wait), Reason::RateLimited),
-            Denial::TooManyFailures(wait) => (too_many(wait), Reason::TooManyFailures),
-        };
-        let outcome = match reason {
-            Reason::SourceNotAllowed => "forbidden",
-            _ => "rate_limited",
-        };
-        return deny(response, reason, outcome, request.headers());
-    }
-
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts.headers, body, body_read_timeout(settings.limits())).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
-            let response = reply::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
-            return deny(response, Reason::TooLarge, "too_large", &parts.headers);
+    let budget = match client.map(|c| state.guard.admit(c, &settings)) {
+        None => FailureBudget::Unlimited,
+        Some(Ok(budget)) => budget,
+        Some(Err(denial)) => {
+            let (response, reason, outcome) = match denial {
+                Denial::SourceNotAllowed => (
+                    reply::error(StatusCode::FORBIDDEN, "Forbidden"),
+                    Reason::SourceNotAllowed,
+                    "forbidden",
+                ),
+                Denial::RateLimited(wait) => (too_many(wait), Reason::RateLimited, "rate_limited"),
+            };
+            return deny(response, reason, outcome, request.headers());
         }
-        Err(BodyError::TooSlow) => {
-            let mut response = reply::error(StatusCode::REQUEST_TIMEOUT, "Request timeout");
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return deny(response, Reason::BodyTimeout, "timeout", &parts.headers);
+    };
+    let settle = |failed: bool| {
+        if let Some(client) = client {
+            state.guard.settle(client, &settings, budget, failed);
+        }
+    };
+
+    let (mut parts, body) = request.into_parts();
+    let unsigned = seen.is_webhook()
+        && parts.method == Method::POST
+        && !state.verifier.insecure()
+        && !state
+            .verifier
+            .has_signature_header(&settings, &parts.headers);
+    let limit = if unsigned {
+        UNSIGNED_MAX_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    let deadline = body_read_timeout(settings.limits());
+    let (body, _charge) = match read_body(&parts.headers, body, limit, deadline, &state.body_budget)
+        .await
+    {
+        Ok(read) => read,
+        Err(BodyError::TooLarge) if unsigned => {
+            // Too large to be a validation request and not signed: a failed verification.
+            settle(true);
+            let response = reply::error(StatusCode::UNAUTHORIZED, "Invalid signature");
+            state
+                .metrics
+                .signature_failures
+                .with_label_values(&["none"])
+                .inc();
+            return deny(
+                response,
+                Reason::MissingHeader,
+                "unauthorized",
+                &parts.headers,
+            );
+        }
+        Err(error) => {
+            settle(false);
+            let (response, reason, outcome) = match error {
+                BodyError::TooLarge => (
+                    reply::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
+                    Reason::TooLarge,
+                    "too_large",
+                ),
+                BodyError::TooSlow => {
+                    let mut response = reply::error(StatusCode::REQUEST_TIMEOUT, "Request timeout");
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    (response, Reason::BodyTimeout, "timeout")
+                }
+                BodyError::OverBudget => (
+                    reply::unavailable("Server busy", 1),
+                    Reason::BodyBudget,
+                    "unavailable",
+                ),
+            };
+            return deny(response, reason, outcome, &parts.headers);
         }
     };
     let body_bytes = body.len();
+    parts.extensions.insert(budget);
     let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
 
-    if let Some(Refused(entry)) = response.extensions_mut().remove::<Refused>() {
+    let mut refusal = response.extensions_mut().remove::<Refused>();
+    // Every 401 is a failed verification (signature, token, replay or admin token), except
+    // when the keys could not be had: that is not the sender's doing.
+    let failed = response.status() == StatusCode::UNAUTHORIZED
+        && refusal
+            .as_ref()
+            .is_none_or(|Refused(entry)| entry.reason != Reason::KeysUnavailable.as_str());
+    settle(failed);
+    if let (true, FailureBudget::Spent(wait)) = (failed, budget) {
+        // Over budget, the request was checked only with what costs little; it failed, so the
+        // answer is the budget's, not the check's.
+        response = too_many(wait);
+        let entry = refusal.take().map_or_else(
+            || Rejection::new(Reason::TooManyFailures.as_str()),
+            |Refused(mut entry)| {
+                entry.reason = Reason::TooManyFailures.as_str();
+                entry
+            },
+        );
+        refusal = Some(Refused(entry));
+    }
+    if let Some(Refused(entry)) = refusal {
         record(
             &state,
             seen.complete(entry, response.status(), Some(body_bytes)),
         );
-    }
-    // Every 401 is a failed verification (signature, token, replay or admin token).
-    if response.status() == StatusCode::UNAUTHORIZED
-        && let Some(client) = client
-    {
-        state.guard.record_failure(client, &settings);
     }
     response
 }
@@ -183,25 +284,60 @@ fn too_many(wait: Duration) -> Response {
 enum BodyError {
     TooLarge,
     TooSlow,
+    OverBudget,
 }
 
-/// Reads the body up to [`MAX_BODY_BYTES`] within `deadline`; a declared length over the
-/// limit is refused before anything is read.
+/// Reads the body up to `limit` bytes within `deadline`, charging each chunk to `budget` as it
+/// arrives; a declared length over the limit is refused before anything is read, and a
+/// declared length is charged at once. The permit returned holds the charge until dropped.
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
+    limit: usize,
     deadline: Duration,
-) -> Result<axum::body::Bytes, BodyError> {
+    budget: &BodyBudget,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(BodyError::TooLarge);
     }
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+    let mut charged = match declared {
+        Some(0) | None => None,
+        Some(len) => Some(budget.charge(len as usize).ok_or(BodyError::OverBudget)?),
+    };
+    let read = async {
+        let mut stream = body.into_data_stream();
+        // Most bodies arrive in one chunk, which is then handed on without a copy.
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(1);
+        let mut total = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| BodyError::TooLarge)?;
+            total += chunk.len();
+            if total > limit {
+                return Err(BodyError::TooLarge);
+            }
+            let held = charged.as_ref().map_or(0, |p| p.num_permits());
+            if total > held {
+                let more = budget.charge(total - held).ok_or(BodyError::OverBudget)?;
+                match charged.as_mut() {
+                    Some(permit) => permit.merge(more),
+                    None => charged = Some(more),
+                }
+            }
+            chunks.push(chunk);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        })
+    };
+    match tokio::time::timeout(deadline, read).await {
         Err(_) => Err(BodyError::TooSlow),
-        Ok(Err(_)) => Err(BodyError::TooLarge),
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(bytes)) => Ok((bytes, charged)),
     }
 }

@@ -4,6 +4,7 @@
 //! server binds them to two listeners, so `/metrics` is never reachable from the ingress.
 
 mod admin;
+pub mod admin_access;
 mod console;
 pub mod guard;
 mod listener;
@@ -27,7 +28,7 @@ use crate::rejections::RejectionLog;
 use crate::verify::Verifier;
 use crate::workflow::Workflow;
 
-pub use guard::MAX_BODY_BYTES;
+pub use guard::{BodyBudget, DEFAULT_BODY_BUDGET_BYTES, MAX_BODY_BYTES};
 pub use listener::serve_public;
 
 /// Everything a handler may read. Cloned per request (twice: the guard and the handler), so
@@ -63,6 +64,10 @@ pub struct Shared {
     pub started: Instant,
     /// Per-client budgets of the public listener.
     pub guard: Arc<Guard>,
+    /// Bytes of request bodies held at once across the public listener's connections.
+    pub body_budget: guard::BodyBudget,
+    /// Who may use the console.
+    pub admin: admin_access::AdminAccess,
     /// Recent refused requests, redacted, for `/webhook/rejections`.
     pub rejections: Arc<RejectionLog>,
 }
@@ -99,12 +104,20 @@ pub fn webhook_router(state: AppState) -> Router {
 
 /// The admin router on the metrics listener: metrics, probes and the review console, never
 /// the webhook. The console shows customer data, so it lives here and nowhere else.
+///
+/// The console answers only when reached by one of the listener's own names
+/// ([`admin_access::check_host`]); metrics and probes are reached by address, by Prometheus
+/// and the kubelet, and carry no customer data.
 pub fn admin_router(state: AppState) -> Router {
+    let console = console::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        admin_access::check_host,
+    ));
     Router::new()
         .route("/metrics", get(admin::metrics))
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
-        .merge(console::routes())
+        .merge(console)
         .fallback(reply::not_found)
         .with_state(state)
 }

@@ -5,19 +5,20 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use super::guard::{MAX_BODY_BYTES, refused};
+use super::guard::{MAX_BODY_BYTES, UNSIGNED_MAX_BYTES, refused};
 use super::reply;
 use crate::config::Settings;
 use crate::event::{Delivery, TicketEvent, parse_delivery};
+use crate::limits::FailureBudget;
 use crate::queue::{AcceptPolicy, Accepted, QueueError};
 use crate::verify::Reason;
 
@@ -44,14 +45,25 @@ pub async fn validation_get() -> Response {
     Json(json!({"success": true, "service": "deskhook"})).into_response()
 }
 
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(
+    State(state): State<AppState>,
+    budget: Option<Extension<FailureBudget>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let timer = state.metrics.request_duration.start_timer();
-    let response = handle(&state, &headers, body).await;
+    let budget = budget.map_or(FailureBudget::Unlimited, |Extension(b)| b);
+    let response = handle(&state, &headers, body, budget).await;
     timer.observe_duration();
     response
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    budget: FailureBudget,
+) -> Response {
     let metrics = &state.metrics;
     let outcome = |name: &str| metrics.webhook_requests.with_label_values(&[name]).inc();
     let settings = state.settings.current();
@@ -66,14 +78,19 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
     tracing::debug!(bytes = body.len(), "Received webhook");
 
     // Zoho's URL validation may POST without a signature and without an event: answer 200 and
-    // do nothing. A body that names a ticket is never processed unsigned.
-    if !state.verifier.has_signature_header(&settings, headers) && carries_no_event(&body) {
+    // do nothing. Only a small body is parsed to tell (the guard reads no more of an unsigned
+    // one); a body that names a ticket is never processed unsigned.
+    if !state.verifier.has_signature_header(&settings, headers) && is_validation(&body) {
         outcome("validation");
         tracing::info!("validation request answered; nothing processed");
         return Json(json!({"success": true, "events": []})).into_response();
     }
 
-    let verified = match state.verifier.verify(&settings, headers, &body).await {
+    let verified = match state
+        .verifier
+        .verify(&settings, headers, &body, budget.may_fetch_keys())
+        .await
+    {
         Ok(verified) => verified,
         Err(rejection) => {
             let scheme = rejection.scheme.map_or("none", |s| s.as_str());
@@ -168,7 +185,11 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
         .map_err(|_| too_large())
 }
 
-fn carries_no_event(body: &[u8]) -> bool {
+/// Whether an unsigned body is Zoho's URL validation: small, and naming no event.
+fn is_validation(body: &[u8]) -> bool {
+    if body.len() > UNSIGNED_MAX_BYTES {
+        return false;
+    }
     match parse_delivery(body) {
         Ok(delivery) => delivery.events.is_empty(),
         Err(_) => false,

@@ -57,6 +57,18 @@ impl Buckets {
         self.check(client, limit, now, false)
     }
 
+    /// Gives back a token spent by [`Buckets::take`]: the request it paid for turned out not to
+    /// count against this limit (a reserved failure that did not happen).
+    pub fn refund(&self, client: IpAddr, limit: &RateLimitSpec) {
+        if !limit.enabled {
+            return;
+        }
+        let interval = interval(limit);
+        if let Some(at) = self.lock().get_mut(&client) {
+            *at = at.checked_sub(interval).unwrap_or(*at);
+        }
+    }
+
     /// Clients with an entry now.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -74,16 +86,11 @@ impl Buckets {
         if !limit.enabled {
             return Verdict::Allowed;
         }
-        let rate = limit.requests_per_second.max(0.001);
-        let interval = Duration::from_secs_f64((1.0 / rate).min(86_400.0));
+        let interval = interval(limit);
         let tolerance = interval.saturating_mul(limit.burst.max(1));
         let mut arrivals = self.lock();
         if !arrivals.contains_key(&client) && arrivals.len() >= self.max_clients {
-            // An entry in the past is a full bucket: forgetting it changes nothing.
-            arrivals.retain(|_, at| *at > now);
-            if arrivals.len() >= self.max_clients {
-                return Verdict::Limited(interval);
-            }
+            make_room(&mut arrivals, self.max_clients, now);
         }
         let tat = arrivals.get(&client).map_or(now, |at| (*at).max(now));
         let next = tat + interval;
@@ -95,6 +102,31 @@ impl Buckets {
             arrivals.insert(client, next);
         }
         Verdict::Allowed
+    }
+}
+
+/// Time between two tokens of `limit`.
+fn interval(limit: &RateLimitSpec) -> Duration {
+    let rate = limit.requests_per_second.max(0.001);
+    Duration::from_secs_f64((1.0 / rate).min(86_400.0))
+}
+
+/// Frees entries in a full table so a client never seen before is still judged on its own
+/// budget: refusing newcomers would let a flood from many networks lock out everyone else,
+/// Zoho included. Entries in the past are full buckets, forgotten at no cost; if that is not
+/// enough, the eighth of the table that would recover soonest goes, so the sort is paid once
+/// per many newcomers, not once per request.
+fn make_room(arrivals: &mut HashMap<IpAddr, Instant>, max_clients: usize, now: Instant) {
+    arrivals.retain(|_, at| *at > now);
+    if arrivals.len() < max_clients {
+        return;
+    }
+    let mut by_recovery: Vec<(Instant, IpAddr)> =
+        arrivals.iter().map(|(ip, at)| (*at, *ip)).collect();
+    let evict = (max_clients / 8).max(1);
+    by_recovery.select_nth_unstable(evict - 1);
+    for (_, ip) in &by_recovery[..evict] {
+        arrivals.remove(ip);
     }
 }
 
@@ -162,14 +194,30 @@ mod tests {
             let client = IpAddr::from([10, 0, 0, i]);
             assert_eq!(buckets.take(client, &limit, now), Verdict::Allowed);
         }
+        // A client never seen is judged on its own budget even when the table is full: the
+        // entry that recovers soonest makes room for it.
         let newcomer = IpAddr::from([10, 0, 0, 9]);
+        assert_eq!(buckets.take(newcomer, &limit, now), Verdict::Allowed);
+        assert_eq!(buckets.len(), 4);
         assert!(matches!(
             buckets.take(newcomer, &limit, now),
             Verdict::Limited(_)
         ));
         // Once the old entries are in the past they are forgotten to make room.
         let later = now + Duration::from_secs(2);
-        assert_eq!(buckets.take(newcomer, &limit, later), Verdict::Allowed);
+        let another = IpAddr::from([10, 0, 0, 10]);
+        assert_eq!(buckets.take(another, &limit, later), Verdict::Allowed);
         assert_eq!(buckets.len(), 1);
+    }
+
+    #[test]
+    fn a_refund_gives_back_the_token_taken() {
+        let buckets = Buckets::default();
+        let now = Instant::now();
+        let limit = limit(0.01, 1);
+        assert_eq!(buckets.take(A, &limit, now), Verdict::Allowed);
+        assert!(matches!(buckets.take(A, &limit, now), Verdict::Limited(_)));
+        buckets.refund(A, &limit);
+        assert_eq!(buckets.take(A, &limit, now), Verdict::Allowed);
     }
 }

@@ -3,10 +3,16 @@
 //!
 //! Two budgets per client, both token buckets configured in `spec.limits`:
 //! - every request spends from the request budget, checked first;
-//! - a failed verification (any 401) spends from the failure budget, which is only *looked
-//!   at* before a request is verified. A client whose deliveries verify never spends it, so a
-//!   forger flooding from its own addresses is cut off before its requests cost a signature
-//!   check while Zoho's deliveries keep flowing.
+//! - a failed verification (a 401) spends from the failure budget. The token is *reserved*
+//!   before the request is verified and given back when it verifies (or fails for a reason
+//!   that is not the sender's, such as Zoho's keys being unreachable), so a burst of
+//!   concurrent forgeries cannot all be verified before the first is charged.
+//!
+//! The invariant: a delivery that verifies is never refused by the failure budget. A client
+//! whose budget is spent is still verified, but only with what costs little (HMACs, keys
+//! already cached: no key fetch), and a failure is then answered 429 instead of 401. So a
+//! forger sharing an address with Zoho (every client is the ingress when no proxy is trusted)
+//! cannot lock Zoho out, and a forger on its own address costs one bounded check per request.
 
 pub mod bucket;
 pub mod client;
@@ -26,8 +32,26 @@ pub enum Denial {
     SourceNotAllowed,
     /// Over the request budget.
     RateLimited(Duration),
-    /// Over the failed-verification budget.
-    TooManyFailures(Duration),
+}
+
+/// Where a request stands with its client's failure budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureBudget {
+    /// No client to charge (a router driven without a socket) or the limit is off.
+    Unlimited,
+    /// One failure is reserved for this request: kept if it fails verification, given back
+    /// otherwise. Verification may do everything, key fetches included.
+    Reserved,
+    /// The budget is spent: verify only what is cheap, and answer a failure with 429 after
+    /// this long.
+    Spent(Duration),
+}
+
+impl FailureBudget {
+    /// Whether verification may fetch keys it does not have (a network call).
+    pub fn may_fetch_keys(self) -> bool {
+        !matches!(self, Self::Spent(_))
+    }
 }
 
 /// The per-client budgets of one listener.
@@ -38,30 +62,41 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Decides whether `client` may be served now, spending one request token if so.
-    pub fn admit(&self, client: IpAddr, settings: &Settings) -> Result<(), Denial> {
+    /// Decides whether `client` may be served now, spending one request token if so, and
+    /// reserves one failure against its failure budget.
+    pub fn admit(&self, client: IpAddr, settings: &Settings) -> Result<FailureBudget, Denial> {
         if !settings.networks.is_allowed_source(client) {
             return Err(Denial::SourceNotAllowed);
         }
         let key = limit_key(client);
         let limits = settings.limits();
         let now = Instant::now();
-        if let Verdict::Limited(wait) =
-            self.failures
-                .peek(key, &limits.failed_verification_limit, now)
-        {
-            return Err(Denial::TooManyFailures(wait));
+        if let Verdict::Limited(wait) = self.requests.take(key, &limits.rate_limit, now) {
+            return Err(Denial::RateLimited(wait));
         }
-        match self.requests.take(key, &limits.rate_limit, now) {
-            Verdict::Allowed => Ok(()),
-            Verdict::Limited(wait) => Err(Denial::RateLimited(wait)),
+        if !limits.failed_verification_limit.enabled {
+            return Ok(FailureBudget::Unlimited);
         }
+        Ok(
+            match self
+                .failures
+                .take(key, &limits.failed_verification_limit, now)
+            {
+                Verdict::Allowed => FailureBudget::Reserved,
+                Verdict::Limited(wait) => FailureBudget::Spent(wait),
+            },
+        )
     }
 
-    /// Charges `client` one failed verification.
-    pub fn record_failure(&self, client: IpAddr, settings: &Settings) {
-        let limit = &settings.limits().failed_verification_limit;
-        let _ = self.failures.take(limit_key(client), limit, Instant::now());
+    /// Settles a reservation once the request is answered: the failure stays charged only if
+    /// the request failed verification.
+    pub fn settle(&self, client: IpAddr, settings: &Settings, budget: FailureBudget, failed: bool) {
+        if budget == FailureBudget::Reserved && !failed {
+            self.failures.refund(
+                limit_key(client),
+                &settings.limits().failed_verification_limit,
+            );
+        }
     }
 }
 
@@ -92,16 +127,47 @@ mod tests {
         let forger: IpAddr = "198.51.100.7".parse().unwrap();
         let zoho: IpAddr = "203.0.113.10".parse().unwrap();
         for _ in 0..2 {
-            assert_eq!(guard.admit(forger, &settings), Ok(()));
-            guard.record_failure(forger, &settings);
+            let budget = guard.admit(forger, &settings).unwrap();
+            assert_eq!(budget, FailureBudget::Reserved);
+            guard.settle(forger, &settings, budget, true);
         }
-        assert!(matches!(
-            guard.admit(forger, &settings),
-            Err(Denial::TooManyFailures(_))
-        ));
+        let spent = guard.admit(forger, &settings).unwrap();
+        assert!(matches!(spent, FailureBudget::Spent(_)));
+        assert!(!spent.may_fetch_keys());
         for _ in 0..10 {
-            assert_eq!(guard.admit(zoho, &settings), Ok(()));
+            let budget = guard.admit(zoho, &settings).unwrap();
+            assert_eq!(budget, FailureBudget::Reserved);
+            guard.settle(zoho, &settings, budget, false);
         }
+    }
+
+    #[test]
+    fn concurrent_requests_each_reserve_a_failure_before_any_is_verified() {
+        let settings = settings(|spec| {
+            spec.limits.failed_verification_limit.burst = 3;
+            spec.limits.failed_verification_limit.requests_per_second = 0.01;
+        });
+        let guard = Guard::default();
+        let client: IpAddr = "198.51.100.7".parse().unwrap();
+        let in_flight: Vec<FailureBudget> = (0..10)
+            .map(|_| guard.admit(client, &settings).unwrap())
+            .collect();
+        let reserved = in_flight
+            .iter()
+            .filter(|b| **b == FailureBudget::Reserved)
+            .count();
+        assert_eq!(
+            reserved, 3,
+            "only the budget's burst may fetch keys at once"
+        );
+        // The ones that verified give their reservation back.
+        for budget in in_flight {
+            guard.settle(client, &settings, budget, false);
+        }
+        assert_eq!(
+            guard.admit(client, &settings).unwrap(),
+            FailureBudget::Reserved
+        );
     }
 
     #[test]
@@ -112,7 +178,7 @@ mod tests {
         let guard = Guard::default();
         assert_eq!(
             guard.admit("203.0.113.10".parse().unwrap(), &settings),
-            Ok(())
+            Ok(FailureBudget::Reserved)
         );
         assert_eq!(
             guard.admit("198.51.100.7".parse().unwrap(), &settings),

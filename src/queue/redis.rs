@@ -60,7 +60,12 @@ pub struct RedisQueueOptions {
     pub claim_idle: Duration,
     /// Runs of a job at most, the first included.
     pub max_attempts: u32,
+    /// Dead letters kept at most; the oldest are trimmed (and counted) to make room.
+    pub dead_letter_max: usize,
 }
+
+/// Default of [`RedisQueueOptions::dead_letter_max`] (`DESKHOOK_DEAD_LETTER_MAX`).
+pub const DEFAULT_DEAD_LETTER_MAX: usize = 10_000;
 
 /// A job this pod holds: which stream entry it came from.
 #[derive(Clone, Debug)]
@@ -193,15 +198,20 @@ return {job, 1}
 
 /// Ends a run: only by the entry's owner; optionally dead-letters the job first; puts the
 /// ticket back on the stream when an event waits for it, else frees it.
-/// Returns -1 when this pod no longer owns the entry, 2 for a re-run, 1 otherwise.
+/// The dead-letter stream keeps at most ARGV[9] entries, the oldest trimmed.
+/// Returns {code, trimmed}: code -1 when this pod no longer owns the entry, 2 for a re-run,
+/// 1 otherwise; trimmed, the dead letters dropped to make room.
 const FINISH: &str = r#"
 local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
-if #owned == 0 then return -1 end
+if #owned == 0 then return {-1, 0} end
+local trimmed = 0
 if ARGV[6] == '1' then
   local job = redis.call('HGET', KEYS[3], ARGV[3]) or ''
   local attempts = redis.call('HGET', KEYS[3], ARGV[3] .. ':attempts') or '0'
-  redis.call('XADD', KEYS[5], '*', 'ticket', ARGV[4], 'job', job, 'attempts', attempts,
-    'error', ARGV[7], 'failed_at', ARGV[5], 'consumer', ARGV[2])
+  local before = redis.call('XLEN', KEYS[5])
+  redis.call('XADD', KEYS[5], 'MAXLEN', ARGV[9], '*', 'ticket', ARGV[4], 'job', job,
+    'attempts', attempts, 'error', ARGV[7], 'failed_at', ARGV[5], 'consumer', ARGV[2])
+  trimmed = before + 1 - redis.call('XLEN', KEYS[5])
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
@@ -209,10 +219,10 @@ redis.call('HDEL', KEYS[3], ARGV[3], ARGV[3] .. ':attempts')
 redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[8])
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
   redis.call('XADD', KEYS[1], '*', 'ticket', ARGV[4])
-  return 2
+  return {2, trimmed}
 end
 redis.call('SREM', KEYS[4], ARGV[4])
-return 1
+return {1, trimmed}
 "#;
 
 /// Renews this pod's ownership of its entries; returns the ones another pod took over.
@@ -281,6 +291,7 @@ impl Scripts {
 /// Metrics of the Redis backend.
 struct QueueMetrics {
     dead_letters: IntGauge,
+    dead_letters_trimmed: IntCounter,
     redis_up: IntGauge,
     reclaimed: IntCounter,
     lost: IntCounter,
@@ -308,11 +319,16 @@ impl QueueMetrics {
         for metric in [&dead_letters, &redis_up] {
             registry.register(Box::new(metric.clone()))?;
         }
-        for metric in [&reclaimed, &lost] {
+        let dead_letters_trimmed = IntCounter::new(
+            "queue_dead_letters_trimmed_total",
+            "Dead letters dropped, oldest first, because the stream reached its cap.",
+        )?;
+        for metric in [&reclaimed, &lost, &dead_letters_trimmed] {
             registry.register(Box::new(metric.clone()))?;
         }
         Ok(Self {
             dead_letters,
+            dead_letters_trimmed,
             redis_up,
             reclaimed,
             lost,
@@ -510,7 +526,7 @@ impl RedisQueue {
         entry: &str,
         ticket: &str,
         dead: Option<&str>,
-    ) -> Result<i64, RedisError> {
+    ) -> Result<(i64, u64), RedisError> {
         self.scripts
             .finish
             .key(&self.keys.stream)
@@ -527,6 +543,7 @@ impl RedisQueue {
             .arg(if dead.is_some() { "1" } else { "0" })
             .arg(dead.unwrap_or(""))
             .arg(TOUCH_TTL_SECONDS)
+            .arg(self.options.dead_letter_max.max(1))
             .invoke_async(&mut self.conn())
             .await
             .doing("finish a job")
@@ -540,6 +557,17 @@ impl RedisQueue {
         };
         for attempt in 1..=5u32 {
             let result = self.finish_entry(&held.entry, &held.ticket, dead).await;
+            let result = result.map(|(code, trimmed)| {
+                if trimmed > 0 {
+                    self.metrics.dead_letters_trimmed.inc_by(trimmed);
+                    tracing::warn!(
+                        trimmed,
+                        cap = self.options.dead_letter_max,
+                        "the dead-letter stream is full; its oldest entries were dropped"
+                    );
+                }
+                code
+            });
             match self.observe(result) {
                 Ok(-1) => {
                     self.metrics.lost.inc();

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::Reason;
 use super::replay::ReplayKey;
 use crate::crd::ZohoJwtSpec;
+use crate::outbound::read_capped;
 
 /// Longest token read.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -25,6 +26,8 @@ const MAX_AGE_WITHOUT_EXP: i64 = 600;
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 /// Budget for one JWKS fetch: the whole delivery must be answered within Zoho's 5 seconds.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest JWKS read: a handful of RSA keys is a few kilobytes.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
 
 #[derive(Default)]
 struct UrlKeys {
@@ -61,10 +64,14 @@ impl JwksCache {
             .is_some_and(|at| at.elapsed() < MIN_REFETCH)
     }
 
-    /// The key for `kid`, fetching the JWKS when it is unknown and not fetched recently.
-    async fn key(&self, url: &str, kid: &str) -> Result<Arc<DecodingKey>, Reason> {
+    /// The key for `kid`, fetching the JWKS when it is unknown, not fetched recently, and
+    /// `may_fetch` (a client over its failure budget never makes deskhook fetch).
+    async fn key(&self, url: &str, kid: &str, may_fetch: bool) -> Result<Arc<DecodingKey>, Reason> {
         if let Some(key) = self.cached(url, kid) {
             return Ok(key);
+        }
+        if !may_fetch {
+            return Err(Reason::UnknownKey);
         }
         let _guard = self.fetch_lock.lock().await;
         if let Some(key) = self.cached(url, kid) {
@@ -97,10 +104,10 @@ impl JwksCache {
             .map_err(|e| e.without_url().to_string())?
             .error_for_status()
             .map_err(|e| e.without_url().to_string())?;
-        let set: JwkSet = response
-            .json()
+        let body = read_capped(response, MAX_JWKS_BYTES)
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| e.to_string())?;
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         let keys = set
             .keys
             .iter()
@@ -135,7 +142,7 @@ pub async fn verify(
     spec: &ZohoJwtSpec,
     token: &[u8],
 ) -> Result<String, Reason> {
-    verify_token(cache, jwks_url, spec, token)
+    verify_token(cache, jwks_url, spec, token, true)
         .await
         .map(|passed| passed.kid)
 }
@@ -146,6 +153,7 @@ pub async fn verify_token(
     jwks_url: &str,
     spec: &ZohoJwtSpec,
     token: &[u8],
+    may_fetch_keys: bool,
 ) -> Result<Passed, Reason> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(Reason::Malformed);
@@ -158,7 +166,7 @@ pub async fn verify_token(
         return Err(Reason::BadAlgorithm);
     }
     let kid = header.kid.ok_or(Reason::UnknownKey)?;
-    let key = cache.key(jwks_url, &kid).await?;
+    let key = cache.key(jwks_url, &kid, may_fetch_keys).await?;
 
     // Times may be in seconds or milliseconds, so they are checked here, not by the library.
     let mut validation = Validation::new(Algorithm::RS256);

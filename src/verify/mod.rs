@@ -79,6 +79,14 @@ pub enum Reason {
     ConnectionLimit,
     /// A bad admin bearer token.
     AdminUnauthorized,
+    /// The pod's budget of buffered body bytes is spent (503).
+    BodyBudget,
+    /// Over `spec.limits.maxConnectionsPerClient`.
+    ClientConnectionLimit,
+    /// A console or admin request whose `Host` is not one of the admin listener's names.
+    ForeignHost,
+    /// Too many console sign-in attempts in a minute.
+    LoginLimited,
 }
 
 impl Reason {
@@ -105,6 +113,10 @@ impl Reason {
             Self::SourceNotAllowed => "source_not_allowed",
             Self::ConnectionLimit => "connection_limit",
             Self::AdminUnauthorized => "admin_unauthorized",
+            Self::BodyBudget => "body_budget",
+            Self::ClientConnectionLimit => "client_connection_limit",
+            Self::ForeignHost => "foreign_host",
+            Self::LoginLimited => "login_limited",
         }
     }
 }
@@ -136,6 +148,9 @@ pub struct Verifier {
     hmac_keys: WatchedSecrets,
     standard_keys: Option<WatchedSecrets>,
     jwks: jwt::JwksCache,
+    /// Where Zoho's signing keys are fetched instead of the region's Desk host: the installer's
+    /// choice (`DESKHOOK_JWKS_URL`), never the resource's.
+    jwks_override: Option<reqwest::Url>,
     seen: SeenTokens,
     insecure: bool,
 }
@@ -146,9 +161,16 @@ impl Verifier {
             hmac_keys,
             standard_keys: None,
             jwks: jwt::JwksCache::new(http),
+            jwks_override: None,
             seen: SeenTokens::default(),
             insecure,
         }
+    }
+
+    /// Fetches Zoho's signing keys from `url` instead of the region's Desk host.
+    pub fn with_jwks_url(mut self, url: Option<reqwest::Url>) -> Self {
+        self.jwks_override = url;
+        self
     }
 
     /// Also accepts Standard Webhooks deliveries signed with one of `secrets` (`whsec_…`).
@@ -194,12 +216,14 @@ impl Verifier {
             || headers.contains_key(settings.verification().hmac.header.as_str())
     }
 
-    /// Verifies one delivery.
+    /// Verifies one delivery. Without `may_fetch_keys` (a client whose failure budget is
+    /// spent) only what costs little is tried: HMACs and keys already cached, never a fetch.
     pub async fn verify(
         &self,
         settings: &Settings,
         headers: &HeaderMap,
         body: &[u8],
+        may_fetch_keys: bool,
     ) -> Result<Verified, Rejection> {
         let schemes = self.schemes(settings);
         if schemes.is_empty() {
@@ -212,7 +236,7 @@ impl Verifier {
         for scheme in schemes {
             let outcome = match scheme {
                 Scheme::Disabled => Ok(("none".to_owned(), None)),
-                Scheme::ZohoJwt => self.verify_jwt(settings, headers).await,
+                Scheme::ZohoJwt => self.verify_jwt(settings, headers, may_fetch_keys).await,
                 Scheme::Hmac => self.verify_hmac(settings, headers, body).map(|k| (k, None)),
                 Scheme::StandardWebhooks => self.verify_standard(headers, body),
             };
@@ -245,19 +269,26 @@ impl Verifier {
         }))
     }
 
-    async fn verify_jwt(&self, settings: &Settings, headers: &HeaderMap) -> Result<Passed, Reason> {
+    async fn verify_jwt(
+        &self,
+        settings: &Settings,
+        headers: &HeaderMap,
+        may_fetch_keys: bool,
+    ) -> Result<Passed, Reason> {
         let spec = settings
             .verification()
             .zoho_jwt
             .as_ref()
             .ok_or(Reason::NotConfigured)?;
         let token = headers.get(ZOHO_JWT_HEADER).ok_or(Reason::MissingHeader)?;
-        let url = spec
-            .jwks_url
-            .clone()
-            .or_else(|| region::default_jwks_url(&settings.zoho().region))
-            .ok_or(Reason::NotConfigured)?;
-        let passed = jwt::verify_token(&self.jwks, &url, spec, token.as_bytes()).await?;
+        let url = match &self.jwks_override {
+            Some(url) => url.as_str().to_owned(),
+            None => {
+                region::default_jwks_url(&settings.zoho().region).ok_or(Reason::NotConfigured)?
+            }
+        };
+        let passed =
+            jwt::verify_token(&self.jwks, &url, spec, token.as_bytes(), may_fetch_keys).await?;
         Ok((passed.kid, Some((passed.replay_key, passed.valid_until))))
     }
 

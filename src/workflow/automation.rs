@@ -523,15 +523,20 @@ impl AutomationWorkflow {
         let mut text = match rendered {
             Ok(text) => text,
             Err(error) => {
+                // A reply that cannot be used is reported; status, deal and note still run.
                 report.record(StepReport {
                     retryable: false,
                     ..StepReport::new("reply", StepStatus::Failed, error.to_string())
                 });
-                return Flow::Stop;
+                return Flow::Continue;
             }
         };
+        let flags = settings.flags();
         let mut rewritten = false;
-        if let (Some(llm), Some(rewriter)) = (&replies.llm, &self.rewriter) {
+        // The model reads the rendered reply, customer text included: it is asked only when a
+        // reply is to be written, never for a suggestion nobody sends.
+        let writes_reply = flags.respond || flags.draft_replies;
+        if let (Some(llm), Some(rewriter), true) = (&replies.llm, &self.rewriter, writes_reply) {
             let rules = ReplyRules {
                 min_chars: llm.min_chars as usize,
                 max_chars: llm.max_chars as usize,
@@ -552,10 +557,12 @@ impl AutomationWorkflow {
             }
         }
 
-        let flags = settings.flags();
-        let mode = if flags.respond {
+        // A reply the model rewrote goes out only when the resource says so: otherwise an agent
+        // reads it first, as a draft.
+        let send_rewritten = replies.llm.as_ref().is_some_and(|llm| llm.send_rewritten);
+        let mode = if flags.respond && (!rewritten || send_rewritten) {
             "sent"
-        } else if flags.draft_replies {
+        } else if flags.respond || flags.draft_replies {
             "draft"
         } else {
             "suggestion"
@@ -706,7 +713,13 @@ impl AutomationWorkflow {
                 let repeatable =
                     !(matches!(step, "reply" | "add_note") && error.may_have_written());
                 report.record(failed(step, &error, started, !repeatable));
-                Flow::Stop
+                // A failed reply does not hold back the ticket's status, deal and note; any
+                // other failed write stops the run (the next attempt resumes it).
+                if step == "reply" {
+                    Flow::Continue
+                } else {
+                    Flow::Stop
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 /// The HMAC key deliveries are signed with unless a test says otherwise.
 pub const SECRET: &str = "intake-test-secret-7f3a";
 /// The admin token of servers started with one.
-pub const ADMIN_TOKEN: &str = "intake-test-admin-token-c41d";
+pub const ADMIN_TOKEN: &str = "intake-test-admin-token-c41d-5e9a0b7f";
 /// The header the HMAC signature travels in by default.
 pub const SIGNATURE_HEADER: &str = "X-Zoho-Signature";
 /// Upper bound on every single wait in the tests.
@@ -162,6 +162,8 @@ pub struct Intake {
     hmac_keys: Option<String>,
     standard_webhooks_keys: Option<String>,
     admin_token: Option<String>,
+    console_open: bool,
+    jwks_url: Option<reqwest::Url>,
     decisions_retained: usize,
     insecure: bool,
     workflow: Arc<dyn Workflow>,
@@ -178,6 +180,8 @@ impl Default for Intake {
             hmac_keys: Some(SECRET.to_owned()),
             standard_webhooks_keys: None,
             admin_token: None,
+            console_open: false,
+            jwks_url: None,
             decisions_retained: deskhook::decisions::DEFAULT_RETAINED,
             insecure: false,
             workflow: Arc::new(RecordingWorkflow),
@@ -221,6 +225,18 @@ impl Intake {
         self
     }
 
+    /// `--console-open`: the console without a token (the test listeners are loopback).
+    pub fn console_open(mut self) -> Self {
+        self.console_open = true;
+        self
+    }
+
+    /// `DESKHOOK_JWKS_URL`: where Zoho's signing keys are fetched.
+    pub fn jwks_url(mut self, url: &str) -> Self {
+        self.jwks_url = Some(url.parse().expect("a URL"));
+        self
+    }
+
     pub fn insecure(mut self) -> Self {
         self.insecure = true;
         self
@@ -244,10 +260,6 @@ impl Intake {
         let settings = Settings::from_spec(self.spec, SettingsSource::Environment, 1)
             .expect("the test settings are valid");
         let options = ServeOptions {
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            metrics_listen: "127.0.0.1:0".parse().expect("an address"),
-            config: None,
-            kube: None,
             hmac_secrets: WatchedSecrets::load(self.hmac_keys.as_deref(), None)
                 .expect("no file to read"),
             standard_webhooks_secrets: WatchedSecrets::load(
@@ -257,13 +269,13 @@ impl Intake {
             .expect("no file to read"),
             admin_tokens: WatchedSecrets::load(self.admin_token.as_deref(), None)
                 .expect("no file to read"),
-            zoho: None,
-            llm_api_key: None,
+            console_open: self.console_open,
+            jwks_url: self.jwks_url,
             insecure_no_verification: self.insecure,
             shutdown_delay: self.shutdown_delay,
             shutdown_grace: self.shutdown_grace,
             decisions_retained: self.decisions_retained,
-            redis: None,
+            ..ServeOptions::default()
         };
         let running = server::start_with(options, settings, self.workflow).await?;
         Ok(Server {

@@ -30,6 +30,7 @@ use minijinja::{Environment, Value, context};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use crate::verify::Reason;
 use crate::workflow::report::rfc3339;
 use session::Access;
 use view::{DecisionView, Filters, Outcome, PAGE_SIZE};
@@ -133,7 +134,11 @@ fn access_label(access: Access) -> &'static str {
 
 /// The request's access; `None` when it has none and must sign in first.
 fn check(state: &AppState, headers: &HeaderMap) -> Option<Access> {
-    let access = session::access(&state.admin_tokens.current(), headers);
+    let access = session::access(
+        &state.admin_tokens.current(),
+        headers,
+        state.admin.console_open,
+    );
     access.allowed().then_some(access)
 }
 
@@ -279,13 +284,24 @@ async fn export_json(
 }
 
 async fn login_page(State(state): State<AppState>) -> Response {
-    if state.admin_tokens.current().is_empty() {
+    let tokens = state.admin_tokens.current();
+    if tokens.is_empty() && state.admin.console_open {
         return Redirect::to("/console").into_response();
     }
+    login_form(StatusCode::OK, tokens.is_empty(), false, false)
+}
+
+fn login_form(status: StatusCode, disabled: bool, failed: bool, limited: bool) -> Response {
     render(
-        StatusCode::OK,
+        status,
         "login.html",
-        context! { access => "denied", version => env!("CARGO_PKG_VERSION"), failed => false },
+        context! {
+            access => "denied",
+            version => env!("CARGO_PKG_VERSION"),
+            disabled,
+            failed,
+            limited,
+        },
     )
 }
 
@@ -295,14 +311,34 @@ struct LoginForm {
     token: String,
 }
 
-/// `POST /console/login`: exchanges the admin token for a session cookie.
+/// `POST /console/login`: exchanges the admin token for a session cookie. Attempts are limited
+/// ([`LoginLimiter`]): once the minute's allowance of wrong tokens is spent, an attempt is
+/// refused without being checked.
 async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
     let tokens = state.admin_tokens.current();
     if tokens.is_empty() {
-        return Redirect::to("/console").into_response();
+        return if state.admin.console_open {
+            Redirect::to("/console").into_response()
+        } else {
+            login_form(StatusCode::FORBIDDEN, true, false, false)
+        };
     }
+    let Some(attempt) = state.admin.logins.attempt() else {
+        tracing::warn!("console sign-in refused unchecked: too many attempts this minute");
+        state
+            .metrics
+            .rejections
+            .with_label_values(&[Reason::LoginLimited.as_str()])
+            .inc();
+        let mut response = login_form(StatusCode::TOO_MANY_REQUESTS, false, false, true);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return response;
+    };
     match session::matching_token(&tokens, &form.token) {
         Some(token) => {
+            attempt.succeeded();
             let cookie = session::set_cookie(&session::session_value(&token, SystemTime::now()));
             let mut response = Redirect::to("/console").into_response();
             if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -312,11 +348,12 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
         }
         None => {
             tracing::warn!("console sign-in refused: wrong admin token");
-            render(
-                StatusCode::UNAUTHORIZED,
-                "login.html",
-                context! { access => "denied", version => env!("CARGO_PKG_VERSION"), failed => true },
-            )
+            state
+                .metrics
+                .rejections
+                .with_label_values(&[Reason::AdminUnauthorized.as_str()])
+                .inc();
+            login_form(StatusCode::UNAUTHORIZED, false, true, false)
         }
     }
 }

@@ -6,9 +6,9 @@
 //! once it expires or the token is rotated, and reading it reveals nothing about the token.
 //! The token is never accepted in a URL, where it would end up in browser history and logs.
 //!
-//! With no admin token configured the console is open: the admin listener is then reachable
-//! only where the operator chose (in Kubernetes, through `kubectl port-forward`), and every page
-//! says so.
+//! With no admin token configured the console is off, unless deskhook was started with
+//! `--console-open`, which it accepts only on a loopback admin listener: an open console is for
+//! a laptop, never for a pod that other pods can reach.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +28,7 @@ const CONTEXT: &[u8] = b"deskhook console session v1:";
 /// What a request may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// No admin token is configured: the console is open on the admin listener.
+    /// Started with `--console-open` on a loopback listener, with no admin token.
     Open,
     /// A valid session cookie was presented.
     SignedIn,
@@ -102,10 +102,11 @@ pub fn matching_token(tokens: &SecretList, presented: &str) -> Option<Secret> {
     found
 }
 
-/// The request's access, from its cookie.
-pub fn access(tokens: &SecretList, headers: &HeaderMap) -> Access {
+/// The request's access, from its cookie; `open` is `--console-open`, honoured only while no
+/// token is configured.
+pub fn access(tokens: &SecretList, headers: &HeaderMap, open: bool) -> Access {
     if tokens.is_empty() {
-        return Access::Open;
+        return if open { Access::Open } else { Access::Denied };
     }
     let now = SystemTime::now();
     let signed_in = headers
