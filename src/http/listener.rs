@@ -1,16 +1,18 @@
 //! The public listener's accept loop, on hyper's HTTP/1 connection builder rather than
 //! `axum::serve`, for what a public endpoint needs and `axum::serve` does not offer: a header
 //! read timeout (a slowloris client that trickles its headers is disconnected), a header size
-//! limit (431), and a cap on open connections. Each limit is read from the settings in force
+//! limit (431), and caps on open connections, in all and per client (trusted proxies exempt,
+//! since they relay everyone). Each limit is read from the settings in force
 //! when a connection is accepted, so an edit applies to new connections without a restart.
 //!
 //! Shutdown is graceful: when `shutdown` resolves the listener closes, idle connections are
 //! closed, and requests in flight finish before [`serve_public`] returns.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -39,6 +41,7 @@ pub async fn serve_public(
     let router = webhook_router(state.clone());
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
+    let per_client = PerClient::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -60,7 +63,21 @@ pub async fn serve_public(
             connection_refused(&state, peer, Reason::ConnectionLimit);
             continue;
         }
-        let slot = OpenConnection::new(open.clone(), &state);
+        // A trusted proxy relays every client's requests on its own connections: only other
+        // peers are held to the per-client cap.
+        let client = (!settings.networks.is_trusted_proxy(peer.ip()))
+            .then(|| crate::limits::limit_key(peer.ip()));
+        let Some(slot) = OpenConnection::open(
+            open.clone(),
+            per_client.clone(),
+            client,
+            limits.max_connections_per_client as usize,
+            &state,
+        ) else {
+            drop(stream);
+            connection_refused(&state, peer, Reason::ClientConnectionLimit);
+            continue;
+        };
 
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -102,18 +119,44 @@ fn connection_refused(state: &AppState, peer: SocketAddr, reason: Reason) {
     guard::record(state, entry);
 }
 
-/// One open connection, counted until dropped.
+/// Connections open per client key (an address, an IPv6 /64).
+type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One open connection, counted until dropped: in all, and for its client unless it is a
+/// trusted proxy.
 struct OpenConnection {
     open: Arc<AtomicUsize>,
+    per_client: PerClient,
+    client: Option<IpAddr>,
     gauge: prometheus::IntGauge,
 }
 
 impl OpenConnection {
-    fn new(open: Arc<AtomicUsize>, state: &AppState) -> Self {
+    /// Counts a new connection from `client`; `None` when that client already holds `cap`.
+    fn open(
+        open: Arc<AtomicUsize>,
+        per_client: PerClient,
+        client: Option<IpAddr>,
+        cap: usize,
+        state: &AppState,
+    ) -> Option<Self> {
+        if let Some(client) = client {
+            let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(client).or_default();
+            if *count >= cap {
+                return None;
+            }
+            *count += 1;
+        }
         open.fetch_add(1, Ordering::AcqRel);
         let gauge = state.metrics.connections_open.clone();
         gauge.inc();
-        Self { open, gauge }
+        Some(Self {
+            open,
+            per_client,
+            client,
+            gauge,
+        })
     }
 }
 
@@ -121,5 +164,14 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.gauge.dec();
+        if let Some(client) = self.client {
+            let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = counts.get_mut(&client) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&client);
+                }
+            }
+        }
     }
 }
