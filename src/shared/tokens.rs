@@ -17,6 +17,9 @@ use super::{Context, Redis, now_ms, unique_token};
 use crate::config::Secret;
 use crate::zoho::{OAuthCredentials, SharedStoreError, SharedToken, SharedTokenStore};
 
+/// Longest lifetime a token read back from Redis is trusted with.
+const MAX_SHARED_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Serialize, Deserialize)]
 struct Stored {
     access_token: String,
@@ -98,9 +101,17 @@ impl SharedTokenStore for RedisTokenStore {
         }
         Ok(Some(SharedToken {
             secret: Secret::new(stored.access_token),
-            api_domain: stored.api_domain,
-            refresh_in: Duration::from_millis(stored.refresh_at_ms - now),
-            expires_in: Duration::from_millis(stored.expires_at_ms.saturating_sub(now)),
+            // Read back from Redis, checked like an answer from the network: whoever can write
+            // to Redis must not choose where the token goes.
+            api_domain: stored
+                .api_domain
+                .as_deref()
+                .and_then(crate::region::trusted_api_domain),
+            // Bounded as well: Zoho's tokens live an hour, and an absurd time read back would
+            // overflow the clock arithmetic that uses it.
+            refresh_in: Duration::from_millis(stored.refresh_at_ms - now).min(MAX_SHARED_LIFETIME),
+            expires_in: Duration::from_millis(stored.expires_at_ms.saturating_sub(now))
+                .min(MAX_SHARED_LIFETIME),
         }))
     }
 

@@ -25,6 +25,7 @@ use super::endpoints::ZohoEndpoints;
 use super::error::{Api, Call, ErrorBody, ZohoError};
 use super::metrics::ZohoMetrics;
 use super::token::{AccessToken, TokenSource};
+use crate::outbound::{ReadError, read_capped};
 
 /// How a call is retried within itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +134,12 @@ struct Raw {
     status: StatusCode,
     retry_after: Option<Duration>,
     body: Vec<u8>,
+    /// The answer passed [`MAX_ANSWER_BYTES`] and was not read whole.
+    too_large: bool,
 }
+
+/// Largest Zoho answer read: a page of 100 records with every field is well under a megabyte.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// The shared machinery behind both clients.
 pub(crate) struct Core {
@@ -299,11 +305,16 @@ impl Core {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let body = response.bytes().await?.to_vec();
+            let (body, too_large) = match read_capped(response, MAX_ANSWER_BYTES).await {
+                Ok(body) => (body, false),
+                Err(ReadError::TooLarge { .. }) => (Vec::new(), true),
+                Err(ReadError::Transport(error)) => return Err(error),
+            };
             Ok(Raw {
                 status,
                 retry_after,
                 body,
+                too_large,
             })
         }
         .await;
@@ -348,6 +359,12 @@ fn authorization(token: &AccessToken) -> Option<HeaderValue> {
 }
 
 fn answer(call: Call, raw: Raw) -> Result<Answer, ZohoError> {
+    if raw.too_large {
+        return Err(ZohoError::Decode {
+            call,
+            detail: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+        });
+    }
     let empty = raw.status == StatusCode::NO_CONTENT || raw.body.trim_ascii().is_empty();
     let body = if empty {
         None

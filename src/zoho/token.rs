@@ -33,6 +33,7 @@ use super::endpoints::OAuthCredentials;
 use super::error::{Api, Call, ErrorBody, ZohoError, sanitize_code};
 use super::metrics::{RefreshResult, ZohoMetrics};
 use crate::config::Secret;
+use crate::outbound::{ReadError, read_capped};
 
 /// Refreshes allowed per [`REFRESH_PERIOD`], Zoho's own limit per refresh token.
 pub const REFRESH_LIMIT: usize = 10;
@@ -49,6 +50,8 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 const CALL: Call = Call::read(Api::Accounts, "refresh_token");
+/// Largest token answer read: a real one is a few hundred bytes.
+const MAX_TOKEN_ANSWER_BYTES: usize = 16 * 1024;
 
 /// Where "now" comes from; tests move it forward.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
@@ -458,7 +461,13 @@ impl TokenSource {
                 .send()
                 .await?;
             let status = response.status();
-            Ok::<_, reqwest::Error>((status, response.bytes().await?))
+            // A token answer is a few hundred bytes; a larger one is not read.
+            let body = match read_capped(response, MAX_TOKEN_ANSWER_BYTES).await {
+                Ok(body) => body,
+                Err(ReadError::TooLarge { .. }) => Vec::new(),
+                Err(ReadError::Transport(error)) => return Err(error),
+            };
+            Ok::<_, reqwest::Error>((status, body))
         }
         .await;
         let seconds = started.elapsed().as_secs_f64();
@@ -550,8 +559,8 @@ fn parse_token_answer(
         .unwrap_or(DEFAULT_LIFETIME);
     let api_domain = answer
         .api_domain
-        .map(|d| d.trim_end_matches('/').to_owned())
-        .filter(|d| reqwest::Url::parse(d).is_ok_and(|u| matches!(u.scheme(), "http" | "https")));
+        .as_deref()
+        .and_then(crate::region::trusted_api_domain);
     Ok(FreshToken {
         secret: Secret::new(access_token),
         api_domain,

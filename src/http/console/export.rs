@@ -87,14 +87,16 @@ fn row(view: &DecisionView) -> Vec<String> {
     cells
 }
 
-/// One CSV cell: neutralised against formulas, then quoted when needed (RFC 4180).
+/// One CSV cell: neutralised against formulas, then quoted when needed (RFC 4180). A cell
+/// holding `;` or a tab is quoted too: spreadsheets set to French conventions split on `;`,
+/// and an unquoted `x;=HYPERLINK(…)` would become a cell that starts with a formula.
 pub fn cell(value: &str) -> String {
     let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{value}")
     } else {
         value.to_owned()
     };
-    if value.contains([',', '"', '\n', '\r']) {
+    if value.contains([',', ';', '\t', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
         value
@@ -147,5 +149,11 @@ mod tests {
         assert_eq!(cell("Bonjour, Zoé"), "\"Bonjour, Zoé\"");
         assert_eq!(cell("ligne 1\nligne 2"), "\"ligne 1\nligne 2\"");
         assert_eq!(cell("plain"), "plain");
+        // Split on `;` or a tab by a spreadsheet, these would start a cell with a formula.
+        assert_eq!(
+            cell("Dossier;=HYPERLINK(\"http://x\")"),
+            "\"Dossier;=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(cell("a\t=1+1"), "\"a\t=1+1\"");
     }
 }
