@@ -10,6 +10,7 @@ mod env;
 mod file;
 pub mod limits;
 mod secrets;
+pub mod security;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -381,9 +382,10 @@ impl SettingsHandle {
         self.sender.borrow().clone()
     }
 
-    /// Puts new settings in force.
+    /// Puts new settings in force, logging every security-relevant change.
     pub fn replace(&self, settings: Settings) {
-        self.sender.send_replace(Arc::new(settings));
+        let previous = self.sender.send_replace(Arc::new(settings));
+        security::log_security_changes(&previous.spec, &self.current().spec);
     }
 
     /// A receiver woken on every change.

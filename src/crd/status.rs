@@ -25,6 +25,11 @@ pub struct WebhookAutomationStatus {
     /// The automation flags in force, those of `generationInForce`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<AutomationFlags>,
+    /// The security-relevant settings in force (verification, trusted proxies, budgets,
+    /// replay refusal, deduplication), by path, as compact JSON: what the next edit is
+    /// compared with, so each change to them is recorded as an Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<std::collections::BTreeMap<String, String>>,
     /// Pods of this deployment that reported in the last lease period.
     #[serde(default)]
     pub pods: i32,
@@ -219,8 +224,28 @@ mod tests {
                 "a deal condition needs exactly one operator",
             ),
             (
-                "replies: {llm: {url: u, model: m, minChars: 50, maxChars: 10}}",
+                "replies: {llm: {model: m, minChars: 50, maxChars: 10}}",
                 "minChars must not exceed maxChars",
+            ),
+            (
+                "replies: {llm: {url: 'http://127.0.0.1:9/v1', model: m}}",
+                "replies.llm.url is not accepted",
+            ),
+            (
+                "verification: {zohoJwt: {orgId: '1', webhookIds: [w], jwksUrl: 'https://keys.evil.example'}}",
+                "verification.zohoJwt.jwksUrl is not accepted",
+            ),
+            (
+                "queue: {redis: {keyPrefix: other}}",
+                "queue.redis.keyPrefix is not accepted",
+            ),
+            (
+                "limits: {trustedProxies: [0.0.0.0/0]}",
+                "a network wider than /8 (IPv4) or /32 (IPv6)",
+            ),
+            (
+                "limits: {trustedProxies: ['10.0.0.0/8', '::/16']}",
+                "a network wider than /8 (IPv4) or /32 (IPv6)",
             ),
         ];
         for (yaml, message) in cases {
@@ -241,7 +266,8 @@ mod tests {
         }
         let fine: super::super::WebhookAutomationSpec = serde_yaml::from_str(
             "departments: [DOC, Contact]\nrouting: [{name: a, then: {replyTemplate: t}}]\n\
-             replies: {templates: {t: hello}}",
+             replies: {templates: {t: hello}}\n\
+             limits: {trustedProxies: ['10.0.0.0/8', '10.1.2.3', '2001:db8::/32']}",
         )
         .unwrap();
         validate_cel(&WebhookAutomation::new("support", fine)).unwrap();
@@ -256,6 +282,10 @@ mod tests {
             "every replyTemplate named by a routing rule must be defined",
             "a deal condition needs exactly one operator",
             "minChars must not exceed maxChars",
+            "replies.llm.url is not accepted",
+            "verification.zohoJwt.jwksUrl is not accepted",
+            "queue.redis.keyPrefix is not accepted",
+            "a network wider than /8",
         ] {
             assert!(yaml.contains(needle), "no CEL rule says {needle:?}");
         }

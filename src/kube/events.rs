@@ -1,4 +1,5 @@
-//! The audit trail: one Kubernetes Event per flag change, and one per refused edit.
+//! The audit trail: one Kubernetes Event per flag change, per security-relevant change, and
+//! per refused edit.
 //!
 //! Events are created directly rather than through kube-rs's `Recorder`: the recorder merges
 //! events with the same reason into one series keeping the first message, which would turn
@@ -14,7 +15,11 @@ use kube::api::{Api, PostParams};
 
 use super::MANAGER;
 use super::resource::Observed;
+use crate::config::security::SecurityChange;
 use crate::crd::{AutomationFlags, GROUP, KIND, VERSION};
+
+/// The reason of the Event that records a security-relevant change.
+pub const SECURITY_REASON: &str = "SecuritySettingChanged";
 
 /// One flag whose value changed between two generations in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +75,22 @@ impl Record {
             subject: change.flag.to_ascii_lowercase(),
             reason: "FlagChanged",
             warning: false,
+            note: change.note(),
+        }
+    }
+
+    /// A security-relevant setting changed: a Warning, so switching a protection off stands
+    /// out in `kubectl get events`.
+    pub fn security(change: &SecurityChange) -> Self {
+        Self {
+            subject: change
+                .field
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+                .collect::<String>()
+                .to_ascii_lowercase(),
+            reason: SECURITY_REASON,
+            warning: true,
             note: change.note(),
         }
     }

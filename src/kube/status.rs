@@ -23,6 +23,7 @@ use super::resource::{Observed, automation_api};
 use super::watch::KubeMetrics;
 use super::{KubeOptions, MANAGER, Timings};
 use crate::config::Settings;
+use crate::config::security::{security_changes, security_settings};
 use crate::crd::{ConditionStatus, WebhookAutomationStatus};
 
 /// The status the resource should carry now.
@@ -33,9 +34,17 @@ pub fn desired_status(
 ) -> WebhookAutomationStatus {
     let previous = &observed.status;
     let generation = observed.generation;
-    let (in_force, flags) = match &observed.settings {
-        Ok(settings) => (Some(generation), Some(*settings.flags())),
-        Err(_) => (previous.generation_in_force, previous.flags),
+    let (in_force, flags, security) = match &observed.settings {
+        Ok(settings) => (
+            Some(generation),
+            Some(*settings.flags()),
+            Some(security_settings(&settings.spec)),
+        ),
+        Err(_) => (
+            previous.generation_in_force,
+            previous.flags,
+            previous.security.clone(),
+        ),
     };
     let pods = members.len();
     let updated = members
@@ -119,6 +128,7 @@ pub fn desired_status(
         observed_generation: Some(generation),
         generation_in_force: in_force,
         flags,
+        security,
         pods: count(pods),
         updated_pods: count(updated),
         conditions: vec![
@@ -215,6 +225,13 @@ impl StatusWriter {
                             .map(Record::flag),
                     );
                 }
+                if let Some(before) = &observed.status.security {
+                    records.extend(
+                        security_changes(before, &security_settings(&settings.spec))
+                            .iter()
+                            .map(Record::security),
+                    );
+                }
             }
             Err(message) => {
                 if observed.status.observed_generation != Some(observed.generation) {
@@ -233,7 +250,15 @@ impl StatusWriter {
 
 /// The single log line of a recorded change (the event is the other record of it).
 fn log_record(observed: &Observed, record: &Record, status: &WebhookAutomationStatus) {
-    if record.warning {
+    if record.reason == events::SECURITY_REASON {
+        tracing::warn!(
+            resource = %observed.name,
+            generation = observed.generation,
+            reason = record.reason,
+            change = %record.note,
+            "security-relevant setting changed (recorded as an event)"
+        );
+    } else if record.warning {
         tracing::warn!(
             resource = %observed.name,
             generation = observed.generation,

@@ -535,6 +535,64 @@ async fn an_invalid_spec_is_reported_as_not_valid_with_the_message_and_one_warni
 }
 
 #[tokio::test]
+async fn switching_replay_refusal_off_is_recorded_as_a_warning_event() {
+    let (client, mut api) = mock_client();
+    let mut writer = writer(client);
+    let before = crate::config::security::security_settings(&Default::default());
+    let previous = json!({
+        "observedGeneration": 6, "generationInForce": 6, "pods": 1, "updatedPods": 1,
+        "flags": AutomationFlags::default(), "security": before,
+    });
+    let observed = observed(
+        7,
+        json!({"limits": {"rejectReplayedTokens": false}}),
+        previous,
+    );
+    let server = async {
+        api.expect("GET", LEASE_PATH).await.ok(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
+            "metadata": {"resourceVersion": "30"},
+            "items": [member_lease("deskhook-0", 7, "ok", &now_micro())]
+        }));
+        let event = api.expect("POST", EVENT_PATH).await;
+        let body = event.body.clone();
+        event.respond(201, body.clone());
+        let patch = api
+            .expect("PATCH", &format!("{RESOURCE_PATH}/support/status"))
+            .await;
+        let status = patch.body["status"].clone();
+        patch.ok(json!({}));
+        (body, status)
+    };
+    let (written, (event, status)) = tokio::join!(
+        async { tokio::time::timeout(WAIT, writer.sync(&observed)).await },
+        server
+    );
+    written.expect("bounded").expect("the sync succeeds");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "SecuritySettingChanged");
+    assert_eq!(event["note"], "limits.rejectReplayedTokens true → false");
+    assert_eq!(status["security"]["limits.rejectReplayedTokens"], "false");
+}
+
+#[test]
+fn a_resource_naming_where_keys_or_replies_go_is_not_valid() {
+    for spec in [
+        json!({"replies": {"llm": {"url": "https://llm.evil.example/v1", "model": "m"}}}),
+        json!({"verification": {"zohoJwt": {"orgId": "1", "webhookIds": ["2"],
+                                            "jwksUrl": "https://keys.evil.example/jwks"}}}),
+        json!({"queue": {"redis": {"keyPrefix": "another-deployment"}}}),
+    ] {
+        let observed = observed(2, spec.clone(), json!({}));
+        let message = observed.settings.expect_err("refused");
+        assert!(
+            message.contains("is not accepted in the resource"),
+            "{spec}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_unchanged_status_is_not_written_again() {
     let (client, mut api) = mock_client();
     let mut writer = writer(client);
