@@ -477,3 +477,73 @@ async fn replay_protection_can_be_turned_off() {
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
 }
+
+/// A server behind a trusted proxy (the test client's own address), with JWT and HMAC, whose
+/// failure budget is the default one (20 failures, then one a second).
+async fn behind_a_proxy(jwks_url: &str) -> Server {
+    Intake::new()
+        .hmac_keys(Some(SECRET))
+        .jwks_url(jwks_url)
+        .spec(|spec| {
+            spec.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
+            spec.verification.zoho_jwt = Some(ZohoJwtSpec {
+                org_id: ORG_ID.into(),
+                webhook_ids: vec![WEBHOOK_ID.into()],
+                jwks_url: None,
+            })
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn junk_tokens_through_a_trusted_proxy_never_lock_out_a_delivery_that_verifies() {
+    let jwks = Jwks::publishing(&[SIGNING_KID]).await;
+    let server = behind_a_proxy(&jwks.url).await;
+    // The proxy relays a forger's junk without X-Forwarded-For: every request is the proxy's.
+    let mut statuses = Vec::new();
+    for n in 0..100 {
+        let junk = deliver(&server, &format!("18920000000470{n:02}"), "not.a.token").await;
+        statuses.push(junk.status);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(
+        statuses[20..].iter().all(|s| *s == 429),
+        "the budget is spent after 20 failures: {statuses:?}"
+    );
+    // Zoho's deliveries through the same proxy still pass, whichever scheme signs them.
+    let signed = server.deliver(&body("1892000000047101")).await;
+    assert_eq!(signed.status, 200, "{}", signed.text);
+    let token = token(SIGNING_KEY, SIGNING_KID, &claims());
+    let jwt = deliver(&server, "1892000000047102", &token).await;
+    assert_eq!(jwt.status, 200, "{}", jwt.text);
+    // The forged tokens cost no key fetch beyond the one the genuine token needed.
+    assert_eq!(jwks.fetches(), 1);
+}
+
+#[tokio::test]
+async fn with_the_jwks_down_hmac_passes_and_jwt_is_refused_without_charging_the_budget() {
+    let closed: SocketAddr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+        listener.local_addr().expect("bound")
+    };
+    let server = behind_a_proxy(&format!("http://{closed}/jwks")).await;
+    for n in 0..30 {
+        let token = token(SIGNING_KEY, SIGNING_KID, &claims());
+        let reply = deliver(&server, &format!("18920000000480{n:02}"), &token).await;
+        assert_eq!(reply.status, 401, "{}", reply.text);
+        let signed = server
+            .deliver(&body(&format!("18920000000481{n:02}")))
+            .await;
+        assert_eq!(signed.status, 200, "{}", signed.text);
+    }
+    assert_eq!(rejections(&server, "keys_unavailable").await, 30.0);
+    // 30 refusals past a budget of 20, none charged: a forgery is still answered 401, not 429.
+    let forged = server
+        .deliver_with(
+            &body("1892000000048200"),
+            &[(SIGNATURE_HEADER, &hmac_hex("not-the-secret", b"x"))],
+        )
+        .await;
+    assert_eq!(forged.status, 401, "{}", forged.text);
+}

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -176,12 +176,22 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         MAX_BODY_BYTES
     };
     let deadline = body_read_timeout(settings.limits());
-    let (body, _charge) = match read_body(&parts.headers, body, limit, deadline, &state.body_budget)
-        .await
-    {
+    let mut stream = body.into_data_stream();
+    let read = read_body(
+        &parts.headers,
+        &mut stream,
+        limit,
+        deadline,
+        &state.body_budget,
+    )
+    .await;
+    let (body, _charge) = match read {
         Ok(read) => read,
         Err(BodyError::TooLarge) if unsigned => {
             // Too large to be a validation request and not signed: a failed verification.
+            // The rest is read and dropped (never held), so the sender gets its answer
+            // instead of a reset connection.
+            discard(&mut stream, MAX_BODY_BYTES, deadline).await;
             settle(true);
             let response = reply::error(StatusCode::UNAUTHORIZED, "Invalid signature");
             state
@@ -292,7 +302,7 @@ enum BodyError {
 /// declared length is charged at once. The permit returned holds the charge until dropped.
 async fn read_body(
     headers: &HeaderMap,
-    body: Body,
+    stream: &mut BodyDataStream,
     limit: usize,
     deadline: Duration,
     budget: &BodyBudget,
@@ -309,7 +319,6 @@ async fn read_body(
         Some(len) => Some(budget.charge(len as usize).ok_or(BodyError::OverBudget)?),
     };
     let read = async {
-        let mut stream = body.into_data_stream();
         // Most bodies arrive in one chunk, which is then handed on without a copy.
         let mut chunks: Vec<Bytes> = Vec::with_capacity(1);
         let mut total = 0;
@@ -340,4 +349,19 @@ async fn read_body(
         Ok(Err(error)) => Err(error),
         Ok(Ok(bytes)) => Ok((bytes, charged)),
     }
+}
+
+/// Reads and drops what is left of a body, up to `limit` bytes in all and within `deadline`:
+/// it costs a read per chunk and no memory.
+async fn discard(stream: &mut BodyDataStream, limit: usize, deadline: Duration) {
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(deadline, drain).await;
 }

@@ -33,6 +33,9 @@ const MAX_JWKS_BYTES: usize = 64 * 1024;
 struct UrlKeys {
     keys: HashMap<String, Arc<DecodingKey>>,
     fetched_at: Option<Instant>,
+    /// The last fetch failed: until the next one, an unknown `kid` is the keys' fault, not the
+    /// sender's (and is not charged to the sender's failure budget).
+    unavailable: bool,
 }
 
 /// A cache of JWKS keys, per JWKS URL.
@@ -57,6 +60,22 @@ impl JwksCache {
         urls.get(url)?.keys.get(kid).cloned()
     }
 
+    fn fetched_ever(&self, url: &str) -> bool {
+        let urls = self.urls.read().unwrap_or_else(|p| p.into_inner());
+        urls.get(url).is_some_and(|u| u.fetched_at.is_some())
+    }
+
+    /// Why a `kid` cannot be had without a fetch: the keys could not be read last time, or the
+    /// portal does not publish it.
+    fn missing(&self, url: &str) -> Reason {
+        let urls = self.urls.read().unwrap_or_else(|p| p.into_inner());
+        if urls.get(url).is_some_and(|u| u.unavailable) {
+            Reason::KeysUnavailable
+        } else {
+            Reason::UnknownKey
+        }
+    }
+
     fn fetched_recently(&self, url: &str) -> bool {
         let urls = self.urls.read().unwrap_or_else(|p| p.into_inner());
         urls.get(url)
@@ -70,20 +89,23 @@ impl JwksCache {
         if let Some(key) = self.cached(url, kid) {
             return Ok(key);
         }
-        if !may_fetch {
-            return Err(Reason::UnknownKey);
+        // A client over its failure budget never makes deskhook fetch, except the very first
+        // fetch of a URL (the keys of a cold cache), which every genuine delivery needs too.
+        if !may_fetch && self.fetched_ever(url) {
+            return Err(self.missing(url));
         }
         let _guard = self.fetch_lock.lock().await;
         if let Some(key) = self.cached(url, kid) {
             return Ok(key);
         }
         if self.fetched_recently(url) {
-            return Err(Reason::UnknownKey);
+            return Err(self.missing(url));
         }
         let fetched = self.fetch(url).await;
         let mut urls = self.urls.write().unwrap_or_else(|p| p.into_inner());
         let entry = urls.entry(url.to_owned()).or_default();
         entry.fetched_at = Some(Instant::now());
+        entry.unavailable = fetched.is_err();
         match fetched {
             Ok(keys) => entry.keys = keys,
             Err(error) => {

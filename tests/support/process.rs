@@ -196,6 +196,11 @@ impl Deskhook {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The process id, to read the process's memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the child is running")
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.metrics_addr)
     }
