@@ -557,3 +557,46 @@ async fn reconciliation_runs_a_change_whose_webhook_never_arrived_and_nothing_el
         "a change still settling is left to its webhook"
     );
 }
+
+#[tokio::test]
+async fn the_dead_letter_stream_stops_at_its_cap_and_counts_what_it_drops() {
+    let Some(redis) =
+        RedisServer::start("the_dead_letter_stream_stops_at_its_cap_and_counts_what_it_drops")
+    else {
+        return;
+    };
+    let (fake, ids) = fake_with_tickets(5).await;
+    let dir = TempDir::new("redis-dead-cap");
+    let config = config(
+        &dir,
+        read_only(),
+        json!({"claimIdleSeconds": 5, "maxAttempts": 1}),
+    );
+    // One attempt of three tries for each of the five tickets, all refused.
+    fake.fail_next("get_ticket", 15, Fault::ServerError);
+    let a = Deskhook::start({
+        let mut command = pod(&config, &fake, &redis, "pod-a");
+        command.args(["--dead-letter-max", "2"]);
+        command
+    })
+    .await;
+    let answers = deliver_all(&[&a], ids.iter().map(|id| delivery(id)).collect()).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+    support::intake::eventually("five dead letters, three of them dropped", || async {
+        let trimmed = a.metric("deskhook_queue_dead_letters_trimmed_total").await;
+        (trimmed >= 3.0).then_some(())
+    })
+    .await;
+    let letters = queue_cli(&redis, &["dead-letters"]).await;
+    let kept: Vec<&str> = letters
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|l| l["ticket_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2, "{letters}");
+    assert_eq!(
+        a.metric("deskhook_queue_dead_letters_trimmed_total").await,
+        3.0
+    );
+}

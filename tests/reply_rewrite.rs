@@ -3,13 +3,9 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::routing::post;
 use deskhook::config::{Secret, Settings, SettingsSource};
 use deskhook::crd::{AutomationFlags, LlmSpec, WebhookAutomationSpec};
 use deskhook::event::TicketEvent;
@@ -19,39 +15,7 @@ use deskhook::workflow::Workflow;
 use deskhook::workflow::ledger::MemoryLedger;
 use deskhook::workflow::reply::ReplyRewriter;
 use serde_json::{Value, json};
-
-/// Requests the stand-in model received: the `Authorization` header and the JSON body.
-type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
-
-/// A stand-in OpenAI-compatible chat API that answers `answer` and keeps each request.
-async fn model(answer: &str) -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let answer = answer.to_owned();
-    let app = Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(
-                move |State(seen): State<Seen>,
-                      headers: axum::http::HeaderMap,
-                      Json(body): Json<Value>| {
-                    let answer = answer.clone();
-                    async move {
-                        let auth = headers
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        seen.lock().unwrap().push((auth, body));
-                        Json(json!({"choices": [{"message": {"role": "assistant", "content": answer}}]}))
-                    }
-                },
-            ),
-        )
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
-}
+use support::fake_llm::model;
 
 fn settings() -> Settings {
     let yaml = r#"
