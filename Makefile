@@ -16,7 +16,7 @@ test:
 	$(MAKE) chart-check
 
 run:
-	ZOHO_WEBHOOK_SECRET=dev cargo run --release -- serve --config examples/local.yaml
+	ZOHO_WEBHOOK_SECRET=dev cargo run --release -- serve --config examples/local.yaml --metrics-listen 127.0.0.1:9090 --console-open
 
 fmt:
 	cargo fmt --all
