@@ -679,6 +679,57 @@ async fn the_manual_run_requires_the_bearer_token() {
 }
 
 #[tokio::test]
+async fn each_manual_run_is_a_job_of_its_own() {
+    let workflow = GatedWorkflow::open();
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    for _ in 0..2 {
+        let reply = manual_run(&server, json!({"ticket_id": "84"}), Some(ADMIN_TOKEN)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let jobs = workflow.started_jobs();
+    assert_eq!(jobs.len(), 2);
+    assert_ne!(
+        jobs[0].0, jobs[1].0,
+        "both manual runs had job id {}",
+        jobs[0].0
+    );
+    assert_ne!(jobs[0].1, jobs[1].1, "both manual runs had one key");
+}
+
+#[tokio::test]
+async fn a_manual_run_never_overtakes_a_running_job_of_its_ticket() {
+    let workflow = GatedWorkflow::closed();
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    assert_eq!(server.deliver(&native_event("85", 1)).await.status, 200);
+    assert_eq!(workflow.next_start().await.ticket_id, "85");
+
+    let manual = manual_run(&server, json!({"ticket_id": "85"}), Some(ADMIN_TOKEN));
+    tokio::select! {
+        reply = manual => {
+            assert_eq!(reply.status, 409, "{}", reply.text);
+        }
+        run = workflow.next_start() => {
+            panic!("a manual run of ticket {} started beside its running job", run.ticket_id);
+        }
+    }
+    workflow.release(1);
+    workflow.finished(1).await;
+    // Once the ticket is free, a manual run goes ahead.
+    workflow.release(1);
+    let reply = manual_run(&server, json!({"ticket_id": "85"}), Some(ADMIN_TOKEN)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(workflow.most_concurrent_runs_of_one_ticket(), 1);
+}
+
+#[tokio::test]
 async fn a_manual_run_override_may_turn_a_flag_off_but_not_on() {
     let server = Intake::new().admin_token(ADMIN_TOKEN).start().await;
     let on = manual_run(

@@ -555,3 +555,88 @@ async fn reconciliation_runs_a_change_whose_webhook_never_arrived_and_nothing_el
         "a change still settling is left to its webhook"
     );
 }
+
+/// One pod's queue on `redis`, as `serve` builds it, with a one-second lease.
+fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::queue::RedisQueue> {
+    let url = deskhook::config::Secret::new(redis.url());
+    let shared = deskhook::shared::Redis::connect(&url, "deskhook").expect("a valid URL");
+    let options = deskhook::queue::RedisQueueOptions {
+        consumer: consumer.to_owned(),
+        claim_idle: Duration::from_secs(1),
+        max_attempts: 3,
+    };
+    let metrics = deskhook::metrics::Metrics::new();
+    deskhook::queue::RedisQueue::start(&shared, options, &metrics).expect("the queue starts")
+}
+
+/// Entries on the shared stream: tickets with a job that may be claimed.
+async fn stream_length(redis: &RedisServer) -> usize {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg("deskhook:stream")
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_holds_its_ticket_across_pods_and_an_abandoned_hold_ends() {
+    use deskhook::queue::{AcceptPolicy, Queue};
+    let Some(redis) =
+        RedisServer::start("a_manual_run_holds_its_ticket_across_pods_and_an_abandoned_hold_ends")
+    else {
+        return;
+    };
+    let policy = AcceptPolicy {
+        capacity: 100,
+        dedupe_window: Duration::from_secs(60),
+    };
+    let event = |ticket: &str, n: i64| {
+        deskhook::event::TicketEvent::new(
+            ticket.to_owned(),
+            "Ticket_Update".to_owned(),
+            None,
+            Some(n),
+            json!({"n": n}),
+        )
+    };
+    let first = queue_of(&redis, "pod-a");
+    let second = queue_of(&redis, "pod-b");
+    let manual = deskhook::event::TicketEvent::manual;
+
+    let held = first.take_ticket(manual("1".into())).await.unwrap();
+    let held = held.expect("a free ticket is taken");
+    assert!(
+        second
+            .take_ticket(manual("1".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    second.accept(event("1", 1), policy).await.unwrap();
+    assert_eq!(
+        stream_length(&redis).await,
+        0,
+        "an event was put beside the manual run"
+    );
+    first.ack(&held).await;
+    let job = tokio::time::timeout(Duration::from_secs(20), second.claim())
+        .await
+        .expect("the waiting event runs once the manual run ends")
+        .unwrap();
+    assert_eq!(job.event.event_time_ms, Some(1));
+    second.ack(&job).await;
+
+    // A pod that dies holding a ticket stops renewing the hold; another pod ends it.
+    let abandoned = first.take_ticket(manual("2".into())).await.unwrap();
+    assert!(abandoned.is_some());
+    drop(first);
+    second.accept(event("2", 2), policy).await.unwrap();
+    let job = tokio::time::timeout(DRAIN, second.claim())
+        .await
+        .expect("the abandoned hold ends and the event runs")
+        .unwrap();
+    assert_eq!(job.event.ticket_id, "2");
+    assert_ne!(job.id, abandoned.unwrap().id);
+}

@@ -17,7 +17,6 @@ use super::guard::refused;
 use super::reply;
 use crate::config::Settings;
 use crate::event::TicketEvent;
-use crate::queue::Job;
 use crate::rejections::RETAINED as MAX_REJECTIONS;
 use crate::verify::Reason;
 use crate::workflow::report::rfc3339;
@@ -211,13 +210,27 @@ pub async fn test_run(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
 
-    let job = Job {
-        id: 0,
-        event: TicketEvent::manual(ticket_id),
-        attempt: 1,
-        enqueued_at: std::time::Instant::now(),
+    // The queue gives the run a job of its own (its own id, so its own ledger key) and holds
+    // the ticket's events back while it runs: one run per ticket, manual or not.
+    let job = match state
+        .queue
+        .take_ticket(TicketEvent::manual(ticket_id))
+        .await
+    {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            return reply::error(
+                StatusCode::CONFLICT,
+                "A run of this ticket is in progress or waiting; try again once it is done",
+            );
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "manual run refused: the queue cannot hold it");
+            return reply::error(StatusCode::SERVICE_UNAVAILABLE, "Queue unavailable");
+        }
     };
     let report = state.workflow.run(&job, &settings).await;
+    state.queue.ack(&job).await;
     let success = report.succeeded();
     tracing::info!(ticket_id = %report.ticket_id, success, "manual run finished");
     state.decisions.push(report.clone());

@@ -358,6 +358,8 @@ struct Concurrency {
     overall: usize,
     most_overall: usize,
     finished: Vec<Run>,
+    /// Job id and deduplication key of every run started, in order.
+    jobs: Vec<(u64, deskhook::event::DedupeKey)>,
 }
 
 /// A workflow whose runs wait at a gate the test opens, recording which runs overlapped.
@@ -420,6 +422,11 @@ impl GatedWorkflow {
         .await
     }
 
+    /// Job id and deduplication key of every run started so far, in order.
+    pub fn started_jobs(&self) -> Vec<(u64, deskhook::event::DedupeKey)> {
+        self.state.lock().expect("not poisoned").jobs.clone()
+    }
+
     /// The most runs of a single ticket seen at the same time.
     pub fn most_concurrent_runs_of_one_ticket(&self) -> usize {
         self.state.lock().expect("not poisoned").most_per_ticket
@@ -443,6 +450,7 @@ impl Workflow for GatedWorkflow {
         {
             let mut state = self.state.lock().expect("not poisoned");
             state.started += 1;
+            state.jobs.push((job.id, job.event.dedupe_key));
             let running = state.per_ticket.entry(run.ticket_id.clone()).or_default();
             *running += 1;
             let running = *running;
