@@ -3,12 +3,13 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::intake::{
-    ADMIN_TOKEN, CapturedLogs, GatedWorkflow, Intake, Run, SECRET, SIGNATURE_HEADER, Server,
-    hmac_hex, hmac_raw, post,
+    ADMIN_TOKEN, CapturedLogs, GatedWorkflow, Intake, PanicsOnce, Run, SECRET, SIGNATURE_HEADER,
+    Server, eventually, hmac_hex, hmac_raw, post,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -727,6 +728,53 @@ async fn a_manual_run_never_overtakes_a_running_job_of_its_ticket() {
     let reply = manual_run(&server, json!({"ticket_id": "85"}), Some(ADMIN_TOKEN)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(workflow.most_concurrent_runs_of_one_ticket(), 1);
+}
+
+#[tokio::test]
+async fn a_run_that_panics_is_retried_and_its_worker_lives_on() {
+    let workflow = Arc::new(PanicsOnce::default());
+    let server = Intake::new()
+        .spec(|spec| spec.queue.workers = 1)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    assert_eq!(server.deliver(&native_event("92", 1)).await.status, 200);
+    eventually("the panicked job's retry", || async {
+        (workflow.runs_of("92") == 2).then_some(())
+    })
+    .await;
+    // The only worker survived: another ticket's event runs (and is retried) too.
+    assert_eq!(server.deliver(&native_event("93", 1)).await.status, 200);
+    eventually("the second ticket's successful run", || async {
+        let counters = server.stats().await["counters"].clone();
+        (counters["workflow_success"] == 2).then_some(())
+    })
+    .await;
+    let counters = server.stats().await["counters"].clone();
+    assert_eq!(counters["workflow_retried"], 2, "{counters}");
+    assert_eq!(
+        server
+            .metric(r#"deskhook_workflow_errors_total{step="panic"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_manual_run_that_panics_fails_and_frees_its_ticket() {
+    let workflow = Arc::new(PanicsOnce::default());
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    let failed = manual_run(&server, json!({"ticket_id": "94"}), Some(ADMIN_TOKEN)).await;
+    assert_eq!(failed.status, 200, "{}", failed.text);
+    assert_eq!(failed.json["success"], false);
+    assert_eq!(failed.json["report"]["steps"][0]["step"], "panic");
+    let again = manual_run(&server, json!({"ticket_id": "94"}), Some(ADMIN_TOKEN)).await;
+    assert_eq!(again.status, 200, "the ticket stayed taken: {}", again.text);
+    assert_eq!(again.json["success"], true);
 }
 
 #[tokio::test]

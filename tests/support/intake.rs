@@ -557,3 +557,37 @@ impl Workflow for RecordingWorkflow {
         report.finish()
     }
 }
+
+/// A workflow whose first run of each ticket panics and whose later runs succeed: a bug in
+/// the run, where supervision has to keep the worker and the ticket alive.
+#[derive(Default)]
+pub struct PanicsOnce {
+    runs: Mutex<HashMap<String, u32>>,
+}
+
+impl PanicsOnce {
+    /// Runs of `ticket` so far, the panicking one included.
+    pub fn runs_of(&self, ticket: &str) -> u32 {
+        let runs = self.runs.lock().expect("not poisoned");
+        runs.get(ticket).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Workflow for PanicsOnce {
+    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+        let first = {
+            let mut runs = self.runs.lock().expect("not poisoned");
+            let count = runs.entry(job.event.ticket_id.clone()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            panic!(
+                "injected panic in the first run of ticket {}",
+                job.event.ticket_id
+            );
+        }
+        DecisionReport::start(job, settings).finish()
+    }
+}
