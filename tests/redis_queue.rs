@@ -640,3 +640,81 @@ async fn a_manual_run_holds_its_ticket_across_pods_and_an_abandoned_hold_ends() 
     assert_eq!(job.event.ticket_id, "2");
     assert_ne!(job.id, abandoned.unwrap().id);
 }
+
+/// A decision report of a manual run of `ticket`.
+fn report_of(ticket: &str) -> deskhook::workflow::DecisionReport {
+    use deskhook::config::{Settings, SettingsSource};
+    let settings = Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
+    let job = deskhook::queue::Job {
+        id: 1,
+        event: deskhook::event::TicketEvent::manual(ticket.to_owned()),
+        attempt: 1,
+        enqueued_at: std::time::Instant::now(),
+    };
+    deskhook::workflow::DecisionReport::start(&job, &settings).finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_link_never_opens_another_tickets_decision() {
+    use deskhook::decisions::DecisionLog;
+    use deskhook::shared::decisions::RedisDecisions;
+    let Some(mut redis) =
+        RedisServer::start("a_decision_link_never_opens_another_tickets_decision")
+    else {
+        return;
+    };
+    let url = deskhook::config::Secret::new(redis.url());
+    let log_of_pod = || {
+        let shared = deskhook::shared::Redis::connect(&url, "deskhook").expect("a valid URL");
+        DecisionLog::new(10).with_shared(RedisDecisions::new(shared, 10))
+    };
+    let (first, second) = (log_of_pod(), log_of_pod());
+    second.push(report_of("7001"));
+    until_listed(|| listed(&second, "7001")).await;
+    first.push(report_of("7002"));
+    until_listed(|| listed(&first, "7002")).await;
+    let other = listed(&first, "7001")
+        .await
+        .expect("every pod's decisions are listed");
+
+    // Redis goes away: the console falls back to this pod's own reports.
+    redis.kill();
+    let found = first.get(&other.id).await;
+    assert!(
+        found.as_ref().is_none_or(|d| d.report.ticket_id == "7001"),
+        "link {} opened ticket {}'s decision",
+        other.id,
+        found.unwrap().report.ticket_id
+    );
+    let own = first.list().await;
+    assert_eq!(own.len(), 1, "only this pod's report is left to show");
+    assert_eq!(
+        first.get(&own[0].id).await.unwrap().report.ticket_id,
+        "7002"
+    );
+}
+
+/// The decision of `ticket` among those `log` lists.
+async fn listed(
+    log: &deskhook::decisions::DecisionLog,
+    ticket: &str,
+) -> Option<deskhook::decisions::StoredDecision> {
+    let all = log.list().await;
+    all.into_iter().find(|d| d.report.ticket_id == ticket)
+}
+
+/// Waits, at most [`DRAIN`], until `found` finds a decision.
+async fn until_listed<F, Fut>(mut found: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<deskhook::decisions::StoredDecision>>,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while found().await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the decision is never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
