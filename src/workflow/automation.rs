@@ -980,7 +980,7 @@ fn summary(deal: &FoundDeal) -> DealSummary {
 }
 
 fn same_name(current: Option<&str>, wanted: &str) -> bool {
-    current.is_some_and(|c| text::fold(c.trim()) == text::fold(wanted.trim()))
+    current.is_some_and(|c| crate::names::same_name(c, wanted))
 }
 
 fn unknown_department(name: &str) -> ZohoError {
