@@ -90,10 +90,7 @@ pub async fn stats(State(state): State<AppState>) -> Response {
     let requests = |outcome: &str| metrics.webhook_requests.with_label_values(&[outcome]).get();
     let events = |status: &str| metrics.events.with_label_values(&[status]).get();
     let runs = |result: &str| metrics.workflow_runs.with_label_values(&[result]).get();
-    let signature_failures: u64 = ["zoho_jwt", "hmac", "none"]
-        .iter()
-        .map(|s| metrics.signature_failures.with_label_values(&[s]).get())
-        .sum();
+    let signature_failures = crate::metrics::total(&metrics.signature_failures);
     let body = json!({
         "service": "deskhook",
         "version": env!("CARGO_PKG_VERSION"),
