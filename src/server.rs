@@ -94,10 +94,6 @@ pub enum ServeError {
     },
     #[error("failed to build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
-    #[error(
-        "Zoho credentials are set but spec.zoho.orgId is not: Desk calls need the organization id"
-    )]
-    MissingOrgId,
     #[error(transparent)]
     Zoho(#[from] ZohoSetupError),
     #[error(transparent)]
