@@ -718,3 +718,58 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The pod elected to reconcile, as Redis holds it.
+async fn reconciler_of(redis: &RedisServer) -> Option<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg("deskhook:reconciler")
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stopping_pod_stops_reconciling_and_gives_the_election_up() {
+    let Some(redis) =
+        RedisServer::start("a_stopping_pod_stops_reconciling_and_gives_the_election_up")
+    else {
+        return;
+    };
+    let (fake, _) = fake_with_tickets(1).await;
+    let dir = TempDir::new("redis-reconcile-stop");
+    let config = config(
+        &dir,
+        read_only(),
+        json!({"reconcileIntervalSeconds": 1, "reconcileLookbackSeconds": 3600}),
+    );
+    let mut a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    until_async("pod-a to be elected", || async {
+        reconciler_of(&redis).await.as_deref() == Some("pod-a")
+    })
+    .await;
+    a.terminate().await;
+    assert!(a.wait_exit().await.success());
+    assert_eq!(
+        reconciler_of(&redis).await,
+        None,
+        "the stopped pod still holds the election, so no other pod reconciles for a term"
+    );
+}
+
+/// Waits, at most [`DRAIN`], until `done` resolves to true.
+async fn until_async<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

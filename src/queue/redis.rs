@@ -548,6 +548,11 @@ impl RedisQueue {
         self.ensure_group().await?;
         let reply: redis::RedisResult<Value> = {
             let mut reader = self.reader.lock().await;
+            // Workers queue for the reader, each turn a blocking read: one that waited while
+            // the queue closed stops here, or a pod would take a second per worker to stop.
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
