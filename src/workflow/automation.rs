@@ -829,10 +829,10 @@ async fn find_deal(
         }
     }
     let fields: Vec<Map<String, Value>> = candidates.iter().map(|d| d.fields().clone()).collect();
-    let chosen = linking::choose_deal(&fields, preferences).map(|(deal, tier)| {
+    let chosen = linking::choose_deal(&fields, preferences).map(|(index, tier)| {
         (
-            candidates[index_of(&fields, deal)].id().to_owned(),
-            deal.clone(),
+            candidates[index].id().to_owned(),
+            fields[index].clone(),
             tier,
         )
     });
@@ -859,12 +859,6 @@ async fn find_deal(
             ),
         ),
     })
-}
-
-fn index_of(all: &[Map<String, Value>], item: &Map<String, Value>) -> usize {
-    all.iter()
-        .position(|candidate| std::ptr::eq(candidate, item))
-        .unwrap_or(0)
 }
 
 /// The variables templates see.
