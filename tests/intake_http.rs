@@ -71,7 +71,7 @@ async fn a_post_without_signature_or_event_is_answered_without_processing() {
     assert_eq!(counters["requests_validation"], 3);
     assert_eq!(counters["events_queued"], 0);
     assert_eq!(counters["signature_failures"], 0);
-    workflow.assert_started(0).await;
+    workflow.assert_started(&server, 0).await;
 }
 
 #[tokio::test]
@@ -98,7 +98,7 @@ async fn an_unsigned_post_naming_a_ticket_is_rejected_and_counted() {
             .await,
         1.0
     );
-    workflow.assert_started(0).await;
+    workflow.assert_started(&server, 0).await;
 }
 
 #[tokio::test]
@@ -263,7 +263,7 @@ async fn events_outside_the_settings_are_acknowledged_and_ignored() {
         ]
     );
     assert_eq!(tickets(&workflow.finished(1).await), ["14"]);
-    workflow.assert_started(1).await;
+    workflow.assert_started(&server, 1).await;
     assert_eq!(server.stats().await["counters"]["events_ignored"], 2);
 }
 
@@ -395,7 +395,7 @@ async fn bad_signature_is_rejected_and_counted() {
     let counters = server.stats().await["counters"].clone();
     assert_eq!(counters["requests_unauthorized"], 1);
     assert_eq!(counters["events_queued"], 0);
-    workflow.assert_started(0).await;
+    workflow.assert_started(&server, 0).await;
 }
 
 #[tokio::test]
@@ -554,7 +554,7 @@ async fn a_duplicate_delivery_is_acknowledged_as_duplicate() {
     let later = server.deliver(&native_event("51", 1714560009000)).await;
     assert_eq!(later.events(), [queued("51", "Ticket_Update")]);
     assert_eq!(workflow.finished(2).await.len(), 2);
-    workflow.assert_started(2).await;
+    workflow.assert_started(&server, 2).await;
     assert_eq!(server.stats().await["counters"]["events_duplicate"], 1);
 }
 
@@ -576,7 +576,7 @@ async fn events_for_one_ticket_never_run_concurrently() {
     assert_eq!(server.deliver(&native_event("62", 1)).await.status, 200);
     // Free workers take the other ticket, not the running one.
     assert_eq!(workflow.next_start().await.ticket_id, "62");
-    workflow.assert_started(2).await;
+    workflow.assert_started(&server, 2).await;
 
     workflow.release(1);
     let rerun = workflow.next_start().await;

@@ -170,6 +170,22 @@ async fn drained(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Waits, at most [`DRAIN`], until no job waits or runs in `redis`.
+async fn until_idle(redis: &RedisServer) {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        let stats = queue_cli(redis, &["stats"]).await;
+        if stats["waiting"] == 0 && stats["running"] == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never became idle: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `deskhook queue …` against `redis`, parsed as JSON.
 async fn queue_cli(redis: &RedisServer, args: &[&str]) -> Value {
     let output = tokio::process::Command::new(BIN)
@@ -230,8 +246,8 @@ async fn a_burst_with_duplicates_runs_each_distinct_event_exactly_once() {
         per_ticket(&fake, "get_ticket").len() == 800
     })
     .await;
-    // Anything run twice would show up now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once nothing waits or runs, nothing more can run: anything run twice shows up now.
+    until_idle(&redis).await;
     let runs = per_ticket(&fake, "get_ticket");
     let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(repeated.is_empty(), "runs repeated: {repeated:?}");
@@ -289,7 +305,7 @@ async fn a_killed_process_loses_no_job_and_repeats_no_write() {
             b.output.text()
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    until_idle(&redis).await;
     for op in ["move_ticket", "update_ticket"] {
         let repeated: Vec<_> = per_ticket(&fake, op)
             .into_iter()
@@ -535,8 +551,14 @@ async fn reconciliation_runs_a_change_whose_webhook_never_arrived_and_nothing_el
             .then_some(())
     })
     .await;
-    // A few more rounds: nothing else is run, and the missed change runs once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more full rounds (a round lists each of the three handled departments at most),
+    // then an idle queue: nothing else is run, and the missed change runs once.
+    let listed = fake.calls_to("list_tickets").len();
+    until("two more reconciliation rounds", || {
+        fake.calls_to("list_tickets").len() >= listed + 6
+    })
+    .await;
+    until_idle(&redis).await;
     let runs = |id: &str| {
         fake.calls_to("get_ticket")
             .iter()

@@ -363,7 +363,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // Paused time: the short wait for a claim ends only once nothing else can run.
+    #[tokio::test(start_paused = true)]
     async fn events_for_a_running_ticket_coalesce_into_one_rerun() {
         let queue = MemoryQueue::new();
         queue.accept(event("1", 1), policy(10)).await.unwrap();
@@ -405,7 +406,8 @@ mod tests {
         assert!(queue.claim().await.is_none());
     }
 
-    #[tokio::test]
+    // Paused time: the short wait for a claim ends only once nothing else can run.
+    #[tokio::test(start_paused = true)]
     async fn a_taken_ticket_holds_back_its_events_until_acknowledged() {
         let queue = MemoryQueue::new();
         let manual = queue.take_ticket(event("1", 1)).await.unwrap().unwrap();

@@ -27,8 +27,6 @@ pub const ADMIN_TOKEN: &str = "intake-test-admin-token-c41d";
 pub const SIGNATURE_HEADER: &str = "X-Zoho-Signature";
 /// Upper bound on every single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
-/// How long a test waits to show that something does not happen.
-pub const SETTLE: Duration = Duration::from_millis(150);
 /// How often a condition is polled while waiting for it.
 pub const POLL: Duration = Duration::from_millis(20);
 
@@ -405,10 +403,18 @@ impl GatedWorkflow {
             .expect("the workflow is alive")
     }
 
-    /// Asserts that, a short while from now, exactly `count` runs have started in all: a
-    /// check that nothing more runs, so it has to wait.
-    pub async fn assert_started(&self, count: usize) {
-        tokio::time::sleep(SETTLE).await;
+    /// Asserts that exactly `count` runs have started in all, once `server`'s queue holds
+    /// nothing that could still start one: every ticket it has work for is running here (so
+    /// its waiting job, if any, is held back). A job being claimed right now keeps the wait
+    /// going until it has started, and is then counted.
+    pub async fn assert_started(&self, server: &Server, count: usize) {
+        let queue = server.running.state.queue.clone();
+        eventually("the queue to hold nothing that could start", || async {
+            let state = self.state.lock().expect("not poisoned");
+            let running = |ticket: &String| state.per_ticket.get(ticket).is_some_and(|n| *n > 0);
+            queue.unfinished().iter().all(running).then_some(())
+        })
+        .await;
         let started = self.state.lock().expect("not poisoned").started;
         assert_eq!(started, count, "runs started");
     }
