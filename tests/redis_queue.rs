@@ -795,3 +795,97 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A workflow whose every run panics.
+struct AlwaysPanics;
+
+#[async_trait::async_trait]
+impl deskhook::workflow::Workflow for AlwaysPanics {
+    async fn run(
+        &self,
+        job: &deskhook::queue::Job,
+        _settings: &deskhook::config::Settings,
+    ) -> deskhook::workflow::DecisionReport {
+        panic!(
+            "injected panic in the run of ticket {}",
+            job.event.ticket_id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_runs_panic_is_dead_lettered_and_frees_its_ticket() {
+    use deskhook::queue::{AcceptPolicy, Queue};
+    let Some(redis) =
+        RedisServer::start("a_job_whose_runs_panic_is_dead_lettered_and_frees_its_ticket")
+    else {
+        return;
+    };
+    let queue = queue_of(&redis, "pod-a");
+    let settings = deskhook::config::Settings::from_spec(
+        Default::default(),
+        deskhook::config::SettingsSource::Environment,
+        1,
+    )
+    .unwrap();
+    let context = deskhook::worker::WorkerContext {
+        queue: queue.clone(),
+        workflow: std::sync::Arc::new(AlwaysPanics),
+        settings: deskhook::config::SettingsHandle::new(settings),
+        metrics: std::sync::Arc::new(deskhook::metrics::Metrics::new()),
+        decisions: std::sync::Arc::new(deskhook::decisions::DecisionLog::new(10)),
+    };
+    let workers = deskhook::worker::spawn_workers(&context, 1);
+    let event = deskhook::event::TicketEvent::new(
+        "31".to_owned(),
+        "Ticket_Update".to_owned(),
+        None,
+        Some(1),
+        json!({}),
+    );
+    let policy = AcceptPolicy {
+        capacity: 10,
+        dedupe_window: Duration::from_secs(60),
+    };
+    queue.accept(event, policy).await.unwrap();
+
+    let url = deskhook::config::Secret::new(redis.url());
+    let admin = deskhook::queue::redis::QueueAdmin::new(
+        &deskhook::shared::Redis::connect(&url, "deskhook").unwrap(),
+    );
+    // Three attempts (the queue's limit), each a panic, then the dead-letter stream; the
+    // lease is no longer renewed once the job is there.
+    until_async("the panicking job to be dead-lettered", || async {
+        let stats = admin.stats().await.unwrap();
+        stats.dead_letters == 1 && stats.running == 0 && stats.waiting == 0
+    })
+    .await;
+    let panics = context
+        .metrics
+        .workflow_errors
+        .with_label_values(&["panic"])
+        .get();
+    assert_eq!(panics, 3, "one failed step per attempt");
+    // The only worker lives on: the ticket's next event runs (and panics) too.
+    let next = deskhook::event::TicketEvent::new(
+        "31".to_owned(),
+        "Ticket_Update".to_owned(),
+        None,
+        Some(2),
+        json!({}),
+    );
+    queue.accept(next, policy).await.unwrap();
+    until_async("the next event to run", || async {
+        context
+            .metrics
+            .workflow_errors
+            .with_label_values(&["panic"])
+            .get()
+            > 3
+    })
+    .await;
+    queue.close();
+    for worker in workers {
+        worker.abort();
+    }
+}
