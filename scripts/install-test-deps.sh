@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs beyond the Rust toolchain, when it is missing: Debian packages
 # (promtool for the alert rules, redis-server for the Redis queue tests, Chromium and its
-# WebDriver for the console's browser test, g++ for the libFuzzer runtime the fuzz targets build,
+# WebDriver for the console's browser test, kubectl for the `kubectl edit` of the Kubernetes
+# test, g++ for the libFuzzer runtime the fuzz targets build,
 # openssl as the independent HMAC of the `sign` test) and the chart checks' pinned Python
 # packages (Helm's engine, Kubernetes schemas, pytest). Quick when everything is there.
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 declare -A package_of=(
     [make]=make [openssl]=openssl [promtool]=prometheus [g++]=g++
     [redis-server]=redis-server [chromium]=chromium [chromedriver]=chromium-driver
+    [kubectl]=kubernetes-client
 )
 missing=()
 for tool in "${!package_of[@]}"; do

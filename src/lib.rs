@@ -29,7 +29,7 @@
 //! clients, `decisions` the recent reports, `http` the routers and the review console, `kube`
 //! the resource watcher and its status, `shared` the state pods share through Redis, `limits`
 //! the per-client budgets of the public listener, `rejections` the redacted log of refused
-//! requests, `region` Zoho's hosts, `metrics` and `telemetry` observability, `server` the
+//! requests, `names` the one way names are compared, `region` Zoho's hosts, `metrics` and `telemetry` observability, `server` the
 //! wiring of a running process.
 #![forbid(unsafe_code)]
 
@@ -41,6 +41,7 @@ pub mod http;
 pub mod kube;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod outbound;
 pub mod queue;
 pub mod region;

@@ -185,6 +185,18 @@ impl Metrics {
     }
 }
 
+/// The sum of a counter over every label value it has seen: a total that cannot miss a
+/// label added later (a new verification scheme, a new step).
+pub fn total(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -143,10 +143,6 @@ pub enum ServeError {
     },
     #[error("failed to build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
-    #[error(
-        "Zoho credentials are set but spec.zoho.orgId is not: Desk calls need the organization id"
-    )]
-    MissingOrgId,
     #[error(transparent)]
     Zoho(#[from] ZohoSetupError),
     #[error(transparent)]
@@ -379,18 +375,20 @@ async fn launch(
             queue
         }
     };
-    if let (Some(redis), Some(connector), Some(access)) =
-        (&redis, spare_connector, options.redis.as_ref())
-    {
-        Reconciler::new(
-            redis.clone(),
-            queue.clone(),
-            settings_handle.clone(),
-            connector,
-            access.consumer.clone(),
-        )
-        .spawn();
-    }
+    let (stop, stop_signal) = watch::channel(false);
+    let reconciler = match (&redis, spare_connector, options.redis.as_ref()) {
+        (Some(redis), Some(connector), Some(access)) => Some(
+            Reconciler::new(
+                redis.clone(),
+                queue.clone(),
+                settings_handle.clone(),
+                connector,
+                access.consumer.clone(),
+            )
+            .spawn(stop_signal.clone()),
+        ),
+        _ => None,
+    };
     let mut decisions = DecisionLog::new(options.decisions_retained);
     if let Some(redis) = &redis {
         decisions = decisions.with_shared(RedisDecisions::new(
@@ -432,7 +430,6 @@ async fn launch(
             source,
         })?;
 
-    let (stop, stop_signal) = watch::channel(false);
     let (close_webhook, webhook_closed) = watch::channel(false);
     let (close_admin, admin_closed) = watch::channel(false);
     // The public listener has its own accept loop for the slow-client limits (http::listener).
@@ -474,6 +471,10 @@ async fn launch(
             kube.shutdown().await;
         }
         tokio::time::sleep(options.shutdown_delay).await;
+        // The reconciler saw the same signal; it ends after its current Redis call.
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
+        }
         queue.close();
         let _ = close_webhook.send(true);
         let _ = webhook_server.await;

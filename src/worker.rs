@@ -1,13 +1,21 @@
 //! Workers: claim a job, run the workflow under one settings snapshot, ack or retry.
+//!
+//! A panic must not take a ticket down with it: a run that panics ends as a failed,
+//! retryable step, so its job is retried or dead-lettered like any failure and its ticket is
+//! released (the memory queue) or acknowledged (Redis, whose lease would otherwise be renewed
+//! forever). A worker that panics outside a run is replaced.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::SettingsHandle;
+use futures::FutureExt;
+
+use crate::config::{Settings, SettingsHandle};
 use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
 use crate::queue::{Job, Queue};
-use crate::workflow::{DecisionReport, Workflow};
+use crate::workflow::{DecisionReport, StepReport, StepStatus, Workflow};
 
 /// Runs of one job at most, the first included.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -22,14 +30,46 @@ pub struct WorkerContext {
     pub decisions: Arc<DecisionLog>,
 }
 
-/// Starts `count` workers; each ends when the queue is closed and drained.
+/// Starts `count` supervised workers; each ends when the queue is closed and drained.
 pub fn spawn_workers(context: &WorkerContext, count: usize) -> Vec<tokio::task::JoinHandle<()>> {
     (0..count.max(1))
         .map(|index| {
             let context = context.clone();
-            tokio::spawn(async move { context.work(index).await })
+            tokio::spawn(async move { context.supervise(index).await })
         })
         .collect()
+}
+
+/// The step a panicking run is reported as failing.
+pub const PANIC_STEP: &str = "panic";
+
+/// Runs the workflow for `job`; a panic becomes a failed, retryable step instead of
+/// unwinding into the caller, which still has a ticket to release.
+pub async fn run_caught(workflow: &dyn Workflow, job: &Job, settings: &Settings) -> DecisionReport {
+    match AssertUnwindSafe(workflow.run(job, settings))
+        .catch_unwind()
+        .await
+    {
+        Ok(report) => report,
+        Err(_) => {
+            // The panic hook already printed the message; it may quote customer data, so the
+            // report and the structured log say only where it happened.
+            tracing::error!(
+                ticket_id = %job.event.ticket_id,
+                attempt = job.attempt,
+                "the workflow panicked; the job is retried or dead-lettered like a failed one"
+            );
+            let mut report = DecisionReport::start(job, settings);
+            let mut step = StepReport::new(
+                PANIC_STEP,
+                StepStatus::Failed,
+                "the run panicked (see the process log)",
+            );
+            step.retryable = true;
+            report.record(step);
+            report.finish()
+        }
+    }
 }
 
 /// Delay before attempt `attempt + 1`: exponential from 1 s, with jitter so retries of a
@@ -45,11 +85,28 @@ pub fn retry_delay(attempt: u32) -> Duration {
 }
 
 impl WorkerContext {
+    /// Runs a worker, and a new one in its place whenever one panics, until the queue is
+    /// closed and drained.
+    async fn supervise(self, index: usize) {
+        loop {
+            match tokio::spawn(self.clone().work(index)).await {
+                Err(error) if error.is_panic() => {
+                    self.metrics
+                        .workflow_errors
+                        .with_label_values(&[PANIC_STEP])
+                        .inc();
+                    tracing::error!(worker = index, "a worker panicked; starting another");
+                }
+                _ => return,
+            }
+        }
+    }
+
     async fn work(self, index: usize) {
         while let Some(job) = self.queue.claim().await {
             self.metrics.queue_depth.set(self.queue.depth() as i64);
             let settings = self.settings.current();
-            let report = self.workflow.run(&job, &settings).await;
+            let report = run_caught(self.workflow.as_ref(), &job, &settings).await;
             self.settle(job, report).await;
         }
         tracing::debug!(worker = index, "worker stopped: queue closed and drained");

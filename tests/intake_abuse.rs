@@ -466,6 +466,24 @@ async fn standard_webhooks_deliveries_verify_once_within_the_tolerance() {
 }
 
 #[tokio::test]
+async fn stats_count_standard_webhooks_failures_among_signature_failures() {
+    let server = Intake::new()
+        .hmac_keys(None)
+        .standard_webhooks_keys(&whsec())
+        .start()
+        .await;
+    let body = delivery("74");
+    let forged = standard_headers(b"guessed", "msg_74", unix_now(), &body);
+    assert_eq!(deliver_standard(&server, &body, &forged).await.status, 401);
+    let counted = server
+        .metric(r#"deskhook_signature_failures_total{scheme="standard_webhooks"}"#)
+        .await;
+    assert_eq!(counted, 1.0);
+    let counters = server.stats().await["counters"].clone();
+    assert_eq!(counters["signature_failures"], 1, "{counters}");
+}
+
+#[tokio::test]
 async fn the_rejection_log_explains_failures_without_leaking_them() {
     let logs = CapturedLogs::default();
     let _capture = logs.install();

@@ -3,12 +3,13 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::intake::{
-    ADMIN_TOKEN, CapturedLogs, GatedWorkflow, Intake, Run, SECRET, SIGNATURE_HEADER, Server,
-    hmac_hex, hmac_raw, post,
+    ADMIN_TOKEN, CapturedLogs, GatedWorkflow, Intake, PanicsOnce, Run, SECRET, SIGNATURE_HEADER,
+    Server, eventually, hmac_hex, hmac_raw, post,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -70,7 +71,7 @@ async fn a_post_without_signature_or_event_is_answered_without_processing() {
     assert_eq!(counters["requests_validation"], 3);
     assert_eq!(counters["events_queued"], 0);
     assert_eq!(counters["signature_failures"], 0);
-    workflow.assert_started(0).await;
+    workflow.assert_started(&server, 0).await;
 }
 
 #[tokio::test]
@@ -97,7 +98,7 @@ async fn an_unsigned_post_naming_a_ticket_is_rejected_and_counted() {
             .await,
         1.0
     );
-    workflow.assert_started(0).await;
+    workflow.assert_started(&server, 0).await;
 }
 
 #[tokio::test]
@@ -262,7 +263,7 @@ async fn events_outside_the_settings_are_acknowledged_and_ignored() {
         ]
     );
     assert_eq!(tickets(&workflow.finished(1).await), ["14"]);
-    workflow.assert_started(1).await;
+    workflow.assert_started(&server, 1).await;
     assert_eq!(server.stats().await["counters"]["events_ignored"], 2);
 }
 
@@ -394,7 +395,7 @@ async fn bad_signature_is_rejected_and_counted() {
     let counters = server.stats().await["counters"].clone();
     assert_eq!(counters["requests_unauthorized"], 1);
     assert_eq!(counters["events_queued"], 0);
-    workflow.assert_started(0).await;
+    workflow.assert_started(&server, 0).await;
 }
 
 #[tokio::test]
@@ -553,7 +554,7 @@ async fn a_duplicate_delivery_is_acknowledged_as_duplicate() {
     let later = server.deliver(&native_event("51", 1714560009000)).await;
     assert_eq!(later.events(), [queued("51", "Ticket_Update")]);
     assert_eq!(workflow.finished(2).await.len(), 2);
-    workflow.assert_started(2).await;
+    workflow.assert_started(&server, 2).await;
     assert_eq!(server.stats().await["counters"]["events_duplicate"], 1);
 }
 
@@ -575,7 +576,7 @@ async fn events_for_one_ticket_never_run_concurrently() {
     assert_eq!(server.deliver(&native_event("62", 1)).await.status, 200);
     // Free workers take the other ticket, not the running one.
     assert_eq!(workflow.next_start().await.ticket_id, "62");
-    workflow.assert_started(2).await;
+    workflow.assert_started(&server, 2).await;
 
     workflow.release(1);
     let rerun = workflow.next_start().await;
@@ -676,6 +677,104 @@ async fn the_manual_run_requires_the_bearer_token() {
     .await;
     assert_eq!(decisions.status, 200, "{}", decisions.text);
     assert_eq!(decisions.json["decisions"][0]["ticket_id"], "82");
+}
+
+#[tokio::test]
+async fn each_manual_run_is_a_job_of_its_own() {
+    let workflow = GatedWorkflow::open();
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    for _ in 0..2 {
+        let reply = manual_run(&server, json!({"ticket_id": "84"}), Some(ADMIN_TOKEN)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let jobs = workflow.started_jobs();
+    assert_eq!(jobs.len(), 2);
+    assert_ne!(
+        jobs[0].0, jobs[1].0,
+        "both manual runs had job id {}",
+        jobs[0].0
+    );
+    assert_ne!(jobs[0].1, jobs[1].1, "both manual runs had one key");
+}
+
+#[tokio::test]
+async fn a_manual_run_never_overtakes_a_running_job_of_its_ticket() {
+    let workflow = GatedWorkflow::closed();
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    assert_eq!(server.deliver(&native_event("85", 1)).await.status, 200);
+    assert_eq!(workflow.next_start().await.ticket_id, "85");
+
+    let manual = manual_run(&server, json!({"ticket_id": "85"}), Some(ADMIN_TOKEN));
+    tokio::select! {
+        reply = manual => {
+            assert_eq!(reply.status, 409, "{}", reply.text);
+        }
+        run = workflow.next_start() => {
+            panic!("a manual run of ticket {} started beside its running job", run.ticket_id);
+        }
+    }
+    workflow.release(1);
+    workflow.finished(1).await;
+    // Once the ticket is free, a manual run goes ahead.
+    workflow.release(1);
+    let reply = manual_run(&server, json!({"ticket_id": "85"}), Some(ADMIN_TOKEN)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(workflow.most_concurrent_runs_of_one_ticket(), 1);
+}
+
+#[tokio::test]
+async fn a_run_that_panics_is_retried_and_its_worker_lives_on() {
+    let workflow = Arc::new(PanicsOnce::default());
+    let server = Intake::new()
+        .spec(|spec| spec.queue.workers = 1)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    assert_eq!(server.deliver(&native_event("92", 1)).await.status, 200);
+    eventually("the panicked job's retry", || async {
+        (workflow.runs_of("92") == 2).then_some(())
+    })
+    .await;
+    // The only worker survived: another ticket's event runs (and is retried) too.
+    assert_eq!(server.deliver(&native_event("93", 1)).await.status, 200);
+    eventually("the second ticket's successful run", || async {
+        let counters = server.stats().await["counters"].clone();
+        (counters["workflow_success"] == 2).then_some(())
+    })
+    .await;
+    let counters = server.stats().await["counters"].clone();
+    assert_eq!(counters["workflow_retried"], 2, "{counters}");
+    assert_eq!(
+        server
+            .metric(r#"deskhook_workflow_errors_total{step="panic"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_manual_run_that_panics_fails_and_frees_its_ticket() {
+    let workflow = Arc::new(PanicsOnce::default());
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .workflow(workflow.clone())
+        .start()
+        .await;
+    let failed = manual_run(&server, json!({"ticket_id": "94"}), Some(ADMIN_TOKEN)).await;
+    assert_eq!(failed.status, 200, "{}", failed.text);
+    assert_eq!(failed.json["success"], false);
+    assert_eq!(failed.json["report"]["steps"][0]["step"], "panic");
+    let again = manual_run(&server, json!({"ticket_id": "94"}), Some(ADMIN_TOKEN)).await;
+    assert_eq!(again.status, 200, "the ticket stayed taken: {}", again.text);
+    assert_eq!(again.json["success"], true);
 }
 
 #[tokio::test]

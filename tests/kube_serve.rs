@@ -1,7 +1,8 @@
 //! `deskhook serve --kube` as a real process against an in-process fake Kubernetes API.
 //!
 //! One scenario, in the order an operator lives it: start, flip `respond` with kubectl (or,
-//! where kubectl is not installed, with the same GET-then-PUT kubectl performs), lose the watch
+//! where kubectl is not installed, which CI does not allow, with the same GET-then-PUT kubectl
+//! performs), lose the watch
 //! history (410), make a bad edit, delete the resource, shut down. At each step the pod's own
 //! metrics, the resource's status, the events and the logs must agree, and the pod must never
 //! restart.
@@ -66,21 +67,9 @@ fn events(fake: &FakeApi, reason: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A kubectl that runs here, if any.
-async fn kubectl() -> Option<String> {
-    let ok = Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    ok.then(|| "kubectl".to_owned())
-}
-
-/// `kubectl edit` with an editor that flips `respond: false` to `respond: true`.
-async fn kubectl_edit(kubectl: &str, fake: &FakeApi, dir: &TempDir) -> Result<String, String> {
+/// `kubectl edit` with an editor that flips `respond: false` to `respond: true`, pointed at
+/// the fake by a kubeconfig as an operator's kubectl is at a cluster.
+async fn kubectl_edit(kubectl: &Path, kubeconfig: &Path, dir: &TempDir) -> Result<String, String> {
     let editor = dir.write(
         "editor.sh",
         // Only the first occurrence: the spec comes before the status in kubectl's YAML.
@@ -98,13 +87,8 @@ async fn kubectl_edit(kubectl: &str, fake: &FakeApi, dir: &TempDir) -> Result<St
             .env("HOME", &home)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBE_EDITOR", &editor)
+            .env("KUBECONFIG", kubeconfig)
             .args([
-                "--server",
-                &fake.url(),
-                "--token",
-                "not-a-secret",
-                "--namespace",
-                NS,
                 "edit",
                 "webhookautomation",
                 "support",
@@ -210,9 +194,14 @@ async fn a_kubectl_edit_reaches_the_running_pod_and_the_resource_says_so() {
     assert_eq!(condition(&status, "Valid")["status"], "True");
     assert_eq!(condition(&status, "Degraded")["status"], "False");
 
-    // Flip respond, with kubectl where it runs, else as kubectl would.
-    let edited_by = match kubectl().await {
-        Some(kubectl) => match kubectl_edit(&kubectl, &fake, &dir).await {
+    // Flip respond with kubectl; where it is not installed (never in CI), as kubectl would.
+    let kubectl = support::tools::require(
+        "a_kubectl_edit_reaches_the_running_pod_and_the_resource_says_so (kubectl edit step)",
+        &["kubectl"],
+        "kubernetes-client",
+    );
+    let edited_by = match kubectl {
+        Some(kubectl) => match kubectl_edit(&kubectl, &kubeconfig, &dir).await {
             Ok(output) => format!("kubectl edit ({})", output.trim()),
             Err(output) => panic!("kubectl edit failed against the fake API:\n{output}"),
         },

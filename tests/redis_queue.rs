@@ -172,6 +172,22 @@ async fn drained(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Waits, at most [`DRAIN`], until no job waits or runs in `redis`.
+async fn until_idle(redis: &RedisServer) {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        let stats = queue_cli(redis, &["stats"]).await;
+        if stats["waiting"] == 0 && stats["running"] == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never became idle: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `deskhook queue …` against `redis`, parsed as JSON.
 async fn queue_cli(redis: &RedisServer, args: &[&str]) -> Value {
     let output = tokio::process::Command::new(BIN)
@@ -232,8 +248,8 @@ async fn a_burst_with_duplicates_runs_each_distinct_event_exactly_once() {
         per_ticket(&fake, "get_ticket").len() == 800
     })
     .await;
-    // Anything run twice would show up now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once nothing waits or runs, nothing more can run: anything run twice shows up now.
+    until_idle(&redis).await;
     let runs = per_ticket(&fake, "get_ticket");
     let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(repeated.is_empty(), "runs repeated: {repeated:?}");
@@ -291,7 +307,7 @@ async fn a_killed_process_loses_no_job_and_repeats_no_write() {
             b.output.text()
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    until_idle(&redis).await;
     for op in ["move_ticket", "update_ticket"] {
         let repeated: Vec<_> = per_ticket(&fake, op)
             .into_iter()
@@ -537,8 +553,14 @@ async fn reconciliation_runs_a_change_whose_webhook_never_arrived_and_nothing_el
             .then_some(())
     })
     .await;
-    // A few more rounds: nothing else is run, and the missed change runs once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more full rounds (a round lists each of the three handled departments at most),
+    // then an idle queue: nothing else is run, and the missed change runs once.
+    let listed = fake.calls_to("list_tickets").len();
+    until("two more reconciliation rounds", || {
+        fake.calls_to("list_tickets").len() >= listed + 6
+    })
+    .await;
+    until_idle(&redis).await;
     let runs = |id: &str| {
         fake.calls_to("get_ticket")
             .iter()
@@ -599,4 +621,317 @@ async fn the_dead_letter_stream_stops_at_its_cap_and_counts_what_it_drops() {
         a.metric("deskhook_queue_dead_letters_trimmed_total").await,
         3.0
     );
+}
+
+/// One pod's queue on `redis`, as `serve` builds it, with a one-second lease.
+fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::queue::RedisQueue> {
+    let url = deskhook::config::Secret::new(redis.url());
+    let shared = deskhook::shared::Redis::connect(&url, "deskhook").expect("a valid URL");
+    let options = deskhook::queue::RedisQueueOptions {
+        consumer: consumer.to_owned(),
+        claim_idle: Duration::from_secs(1),
+        max_attempts: 3,
+        dead_letter_max: deskhook::queue::redis::DEFAULT_DEAD_LETTER_MAX,
+    };
+    let metrics = deskhook::metrics::Metrics::new();
+    deskhook::queue::RedisQueue::start(&shared, options, &metrics).expect("the queue starts")
+}
+
+/// Entries on the shared stream: tickets with a job that may be claimed.
+async fn stream_length(redis: &RedisServer) -> usize {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg("deskhook:stream")
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_holds_its_ticket_across_pods_and_an_abandoned_hold_ends() {
+    use deskhook::queue::{AcceptPolicy, Queue};
+    let Some(redis) =
+        RedisServer::start("a_manual_run_holds_its_ticket_across_pods_and_an_abandoned_hold_ends")
+    else {
+        return;
+    };
+    let policy = AcceptPolicy {
+        capacity: 100,
+        dedupe_window: Duration::from_secs(60),
+    };
+    let event = |ticket: &str, n: i64| {
+        deskhook::event::TicketEvent::new(
+            ticket.to_owned(),
+            "Ticket_Update".to_owned(),
+            None,
+            Some(n),
+            json!({"n": n}),
+        )
+    };
+    let first = queue_of(&redis, "pod-a");
+    let second = queue_of(&redis, "pod-b");
+    let manual = deskhook::event::TicketEvent::manual;
+
+    let held = first.take_ticket(manual("1".into())).await.unwrap();
+    let held = held.expect("a free ticket is taken");
+    assert!(
+        second
+            .take_ticket(manual("1".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    second.accept(event("1", 1), policy).await.unwrap();
+    assert_eq!(
+        stream_length(&redis).await,
+        0,
+        "an event was put beside the manual run"
+    );
+    first.ack(&held).await;
+    let job = tokio::time::timeout(Duration::from_secs(20), second.claim())
+        .await
+        .expect("the waiting event runs once the manual run ends")
+        .unwrap();
+    assert_eq!(job.event.event_time_ms, Some(1));
+    second.ack(&job).await;
+
+    // A pod that dies holding a ticket stops renewing the hold; another pod ends it.
+    let abandoned = first.take_ticket(manual("2".into())).await.unwrap();
+    assert!(abandoned.is_some());
+    drop(first);
+    second.accept(event("2", 2), policy).await.unwrap();
+    let job = tokio::time::timeout(DRAIN, second.claim())
+        .await
+        .expect("the abandoned hold ends and the event runs")
+        .unwrap();
+    assert_eq!(job.event.ticket_id, "2");
+    assert_ne!(job.id, abandoned.unwrap().id);
+}
+
+/// A decision report of a manual run of `ticket`.
+fn report_of(ticket: &str) -> deskhook::workflow::DecisionReport {
+    use deskhook::config::{Settings, SettingsSource};
+    let settings = Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
+    let job = deskhook::queue::Job {
+        id: 1,
+        event: deskhook::event::TicketEvent::manual(ticket.to_owned()),
+        attempt: 1,
+        enqueued_at: std::time::Instant::now(),
+    };
+    deskhook::workflow::DecisionReport::start(&job, &settings).finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_link_never_opens_another_tickets_decision() {
+    use deskhook::decisions::DecisionLog;
+    use deskhook::shared::decisions::RedisDecisions;
+    let Some(mut redis) =
+        RedisServer::start("a_decision_link_never_opens_another_tickets_decision")
+    else {
+        return;
+    };
+    let url = deskhook::config::Secret::new(redis.url());
+    let log_of_pod = || {
+        let shared = deskhook::shared::Redis::connect(&url, "deskhook").expect("a valid URL");
+        DecisionLog::new(10).with_shared(RedisDecisions::new(shared, 10))
+    };
+    let (first, second) = (log_of_pod(), log_of_pod());
+    second.push(report_of("7001"));
+    until_listed(|| listed(&second, "7001")).await;
+    first.push(report_of("7002"));
+    until_listed(|| listed(&first, "7002")).await;
+    let other = listed(&first, "7001")
+        .await
+        .expect("every pod's decisions are listed");
+
+    // Redis goes away: the console falls back to this pod's own reports.
+    redis.kill();
+    let found = first.get(&other.id).await;
+    assert!(
+        found.as_ref().is_none_or(|d| d.report.ticket_id == "7001"),
+        "link {} opened ticket {}'s decision",
+        other.id,
+        found.unwrap().report.ticket_id
+    );
+    let own = first.list().await;
+    assert_eq!(own.len(), 1, "only this pod's report is left to show");
+    assert_eq!(
+        first.get(&own[0].id).await.unwrap().report.ticket_id,
+        "7002"
+    );
+}
+
+/// The decision of `ticket` among those `log` lists.
+async fn listed(
+    log: &deskhook::decisions::DecisionLog,
+    ticket: &str,
+) -> Option<deskhook::decisions::StoredDecision> {
+    let all = log.list().await;
+    all.into_iter().find(|d| d.report.ticket_id == ticket)
+}
+
+/// Waits, at most [`DRAIN`], until `found` finds a decision.
+async fn until_listed<F, Fut>(mut found: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<deskhook::decisions::StoredDecision>>,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while found().await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the decision is never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pod elected to reconcile, as Redis holds it.
+async fn reconciler_of(redis: &RedisServer) -> Option<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg("deskhook:reconciler")
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stopping_pod_stops_reconciling_and_gives_the_election_up() {
+    let Some(redis) =
+        RedisServer::start("a_stopping_pod_stops_reconciling_and_gives_the_election_up")
+    else {
+        return;
+    };
+    let (fake, _) = fake_with_tickets(1).await;
+    let dir = TempDir::new("redis-reconcile-stop");
+    let config = config(
+        &dir,
+        read_only(),
+        json!({"reconcileIntervalSeconds": 1, "reconcileLookbackSeconds": 3600}),
+    );
+    let mut a = Deskhook::start(pod(&config, &fake, &redis, "pod-a")).await;
+    until_async("pod-a to be elected", || async {
+        reconciler_of(&redis).await.as_deref() == Some("pod-a")
+    })
+    .await;
+    a.terminate().await;
+    assert!(a.wait_exit().await.success());
+    assert_eq!(
+        reconciler_of(&redis).await,
+        None,
+        "the stopped pod still holds the election, so no other pod reconciles for a term"
+    );
+}
+
+/// Waits, at most [`DRAIN`], until `done` resolves to true.
+async fn until_async<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A workflow whose every run panics.
+struct AlwaysPanics;
+
+#[async_trait::async_trait]
+impl deskhook::workflow::Workflow for AlwaysPanics {
+    async fn run(
+        &self,
+        job: &deskhook::queue::Job,
+        _settings: &deskhook::config::Settings,
+    ) -> deskhook::workflow::DecisionReport {
+        panic!(
+            "injected panic in the run of ticket {}",
+            job.event.ticket_id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_runs_panic_is_dead_lettered_and_frees_its_ticket() {
+    use deskhook::queue::{AcceptPolicy, Queue};
+    let Some(redis) =
+        RedisServer::start("a_job_whose_runs_panic_is_dead_lettered_and_frees_its_ticket")
+    else {
+        return;
+    };
+    let queue = queue_of(&redis, "pod-a");
+    let settings = deskhook::config::Settings::from_spec(
+        Default::default(),
+        deskhook::config::SettingsSource::Environment,
+        1,
+    )
+    .unwrap();
+    let context = deskhook::worker::WorkerContext {
+        queue: queue.clone(),
+        workflow: std::sync::Arc::new(AlwaysPanics),
+        settings: deskhook::config::SettingsHandle::new(settings),
+        metrics: std::sync::Arc::new(deskhook::metrics::Metrics::new()),
+        decisions: std::sync::Arc::new(deskhook::decisions::DecisionLog::new(10)),
+    };
+    let workers = deskhook::worker::spawn_workers(&context, 1);
+    let event = deskhook::event::TicketEvent::new(
+        "31".to_owned(),
+        "Ticket_Update".to_owned(),
+        None,
+        Some(1),
+        json!({}),
+    );
+    let policy = AcceptPolicy {
+        capacity: 10,
+        dedupe_window: Duration::from_secs(60),
+    };
+    queue.accept(event, policy).await.unwrap();
+
+    let url = deskhook::config::Secret::new(redis.url());
+    let admin = deskhook::queue::redis::QueueAdmin::new(
+        &deskhook::shared::Redis::connect(&url, "deskhook").unwrap(),
+    );
+    // Three attempts (the queue's limit), each a panic, then the dead-letter stream; the
+    // lease is no longer renewed once the job is there.
+    until_async("the panicking job to be dead-lettered", || async {
+        let stats = admin.stats().await.unwrap();
+        stats.dead_letters == 1 && stats.running == 0 && stats.waiting == 0
+    })
+    .await;
+    let panics = context
+        .metrics
+        .workflow_errors
+        .with_label_values(&["panic"])
+        .get();
+    assert_eq!(panics, 3, "one failed step per attempt");
+    // The only worker lives on: the ticket's next event runs (and panics) too.
+    let next = deskhook::event::TicketEvent::new(
+        "31".to_owned(),
+        "Ticket_Update".to_owned(),
+        None,
+        Some(2),
+        json!({}),
+    );
+    queue.accept(next, policy).await.unwrap();
+    until_async("the next event to run", || async {
+        context
+            .metrics
+            .workflow_errors
+            .with_label_values(&["panic"])
+            .get()
+            > 3
+    })
+    .await;
+    queue.close();
+    for worker in workers {
+        worker.abort();
+    }
 }

@@ -486,6 +486,30 @@ async fn a_ticket_in_an_unhandled_department_is_left_alone() {
 }
 
 #[tokio::test]
+async fn a_department_typed_with_other_case_and_accents_is_handled() {
+    let fake = seeded_fake().await;
+    fake.add_department("9", "Pédagogie");
+    fake.add_ticket(
+        json!({"id": "556", "subject": "Cours", "departmentId": "9", "status": "Open"}),
+    );
+    let mut spec = settings(flags(&[])).spec;
+    spec.departments.push("PÉDAGOGIE".into());
+    let settings = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap();
+    let metrics = Metrics::new();
+    let report = workflow(&fake, &metrics)
+        .run(
+            &Job {
+                event: TicketEvent::new("556".into(), "Ticket_Add".into(), None, None, json!({})),
+                ..job(1, "Ticket_Add")
+            },
+            &settings,
+        )
+        .await;
+    assert_eq!(report.skipped, None, "{:?}", report.skipped);
+    assert_eq!(report.department.as_deref(), Some("Pédagogie"));
+}
+
+#[tokio::test]
 async fn offline_the_workflow_routes_from_the_event_and_only_suggests() {
     let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), None);
     let event = TicketEvent::new(

@@ -173,14 +173,18 @@ impl Settings {
         &self.spec.limits
     }
 
-    /// Whether events for this department are acted on (names compare case-insensitively).
+    /// Whether events for this department are acted on (names compare as [`names`] says:
+    /// without case, accents or surrounding spaces).
+    ///
+    /// [`names`]: crate::names
     pub fn handles_department(&self, name: &str) -> bool {
-        self.spec.departments.is_empty()
-            || self
-                .spec
+        self.spec.departments.is_empty() || {
+            let name = crate::names::name_key(name);
+            self.spec
                 .departments
                 .iter()
-                .any(|d| d.eq_ignore_ascii_case(name.trim()))
+                .any(|d| crate::names::name_key(d) == name)
+        }
     }
 
     /// Whether this event type is acted on.
@@ -278,7 +282,7 @@ fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
     for (i, name) in spec.departments.iter().enumerate() {
         let duplicate = spec.departments[..i]
             .iter()
-            .any(|other| other.eq_ignore_ascii_case(name));
+            .any(|other| crate::names::same_name(other, name));
         if name.trim().is_empty() || duplicate {
             return Err(InvalidSettings::Department(name.clone()));
         }
@@ -420,6 +424,20 @@ mod tests {
         assert!(!settings.handles_department("FACTURATION"));
         let all = Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
         assert!(all.handles_department("anything"));
+    }
+
+    #[test]
+    fn a_department_typed_with_other_case_and_accents_is_the_same_department() {
+        let mut spec = spec();
+        spec.departments = vec!["PÉDAGOGIE".into()];
+        let settings = Settings::from_spec(spec.clone(), SettingsSource::Environment, 1).unwrap();
+        assert!(settings.handles_department("Pédagogie"));
+        assert!(settings.handles_department(" pedagogie "));
+        spec.departments = vec!["Pédagogie".into(), "PEDAGOGIE".into()];
+        assert!(
+            Settings::from_spec(spec, SettingsSource::Environment, 1).is_err(),
+            "one department named twice"
+        );
     }
 
     #[test]

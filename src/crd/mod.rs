@@ -93,8 +93,10 @@ pub struct WebhookAutomationSpec {
     pub automation: AutomationFlags,
     /// Names of the Zoho Desk departments deskhook acts on, for example `DOC`, `Contact` and
     /// `FACTURATION`. Events for tickets in other departments are acknowledged and ignored.
-    /// An empty list means every department. Names compare case-insensitively and must be
-    /// unique.
+    /// An empty list means every department. Names compare without case, accents or
+    /// surrounding spaces (`PÉDAGOGIE` is Zoho's `Pédagogie`) and must be unique that way: the
+    /// API server refuses names that differ only in ASCII case, deskhook refuses the rest
+    /// (such as `Pédagogie` and `PEDAGOGIE`) and keeps its last good settings.
     #[serde(default)]
     #[schemars(
         length(max = 64),

@@ -391,9 +391,15 @@ impl TicketEvent {
         }
     }
 
-    /// An event built for a manual run (`/webhook/test`), keyed on the ticket alone.
+    /// An event built for a manual run (`/webhook/test`). Each has a key of its own: two
+    /// manual runs of a ticket are two requests, never one delivery seen twice.
     pub fn manual(ticket_id: String) -> Self {
-        Self::new(ticket_id, "Manual".to_owned(), None, None, Value::Null)
+        use std::hash::{BuildHasher, RandomState};
+        let mut event = Self::new(ticket_id, "Manual".to_owned(), None, None, Value::Null);
+        // Randomly keyed hashers: 128 bits no other run can share.
+        let [high, low] = [(); 2].map(|()| RandomState::new().hash_one(&event.ticket_id));
+        event.dedupe_key = (u128::from(high) << 64 | u128::from(low)).to_be_bytes();
+        event
     }
 }
 

@@ -17,7 +17,6 @@ use super::guard::refused;
 use super::reply;
 use crate::config::Settings;
 use crate::event::TicketEvent;
-use crate::queue::Job;
 use crate::rejections::RETAINED as MAX_REJECTIONS;
 use crate::verify::Reason;
 use crate::workflow::report::rfc3339;
@@ -91,10 +90,7 @@ pub async fn stats(State(state): State<AppState>) -> Response {
     let requests = |outcome: &str| metrics.webhook_requests.with_label_values(&[outcome]).get();
     let events = |status: &str| metrics.events.with_label_values(&[status]).get();
     let runs = |result: &str| metrics.workflow_runs.with_label_values(&[result]).get();
-    let signature_failures: u64 = ["zoho_jwt", "hmac", "none"]
-        .iter()
-        .map(|s| metrics.signature_failures.with_label_values(&[s]).get())
-        .sum();
+    let signature_failures = crate::metrics::total(&metrics.signature_failures);
     let body = json!({
         "service": "deskhook",
         "version": env!("CARGO_PKG_VERSION"),
@@ -211,13 +207,27 @@ pub async fn test_run(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
 
-    let job = Job {
-        id: 0,
-        event: TicketEvent::manual(ticket_id),
-        attempt: 1,
-        enqueued_at: std::time::Instant::now(),
+    // The queue gives the run a job of its own (its own id, so its own ledger key) and holds
+    // the ticket's events back while it runs: one run per ticket, manual or not.
+    let job = match state
+        .queue
+        .take_ticket(TicketEvent::manual(ticket_id))
+        .await
+    {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            return reply::error(
+                StatusCode::CONFLICT,
+                "A run of this ticket is in progress or waiting; try again once it is done",
+            );
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "manual run refused: the queue cannot hold it");
+            return reply::error(StatusCode::SERVICE_UNAVAILABLE, "Queue unavailable");
+        }
     };
-    let report = state.workflow.run(&job, &settings).await;
+    let report = crate::worker::run_caught(state.workflow.as_ref(), &job, &settings).await;
+    state.queue.ack(&job).await;
     let success = report.succeeded();
     tracing::info!(ticket_id = %report.ticket_id, success, "manual run finished");
     state.decisions.push(report.clone());

@@ -7,11 +7,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use prometheus::IntCounterVec;
-use prometheus::core::Collector;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, total};
 
 /// When a pod calls its data plane degraded.
 #[derive(Clone, Copy, Debug)]
@@ -92,15 +90,6 @@ impl DataPlaneHealth {
 }
 
 /// The sum of a counter over all its label values.
-fn total(counter: &IntCounterVec) -> u64 {
-    counter
-        .collect()
-        .iter()
-        .flat_map(|family| family.get_metric())
-        .map(|metric| metric.get_counter().get_value() as u64)
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -592,7 +592,9 @@ fn a_resource_naming_where_keys_or_replies_go_is_not_valid() {
     }
 }
 
-#[tokio::test]
+// Paused time: the wait below ends only once nothing is left to run, so a request that
+// was going to be made has been made by then.
+#[tokio::test(start_paused = true)]
 async fn an_unchanged_status_is_not_written_again() {
     let (client, mut api) = mock_client();
     let mut writer = writer(client);
@@ -684,7 +686,8 @@ async fn the_first_pod_creates_the_lease_and_a_racing_pod_loses() {
     assert_eq!(leading, (true, false));
 }
 
-#[tokio::test]
+// Paused time: the lease's clock (tokio's) moves past the expiry at once, with no real wait.
+#[tokio::test(start_paused = true)]
 async fn leadership_is_handed_over_on_release_and_taken_over_after_expiry() {
     let (client, mut api) = mock_client();
     let mut a = elector(client.clone(), "pod-a", Duration::from_secs(15));
@@ -725,6 +728,7 @@ async fn leadership_is_handed_over_on_release_and_taken_over_after_expiry() {
         let mut short = leader_lease(Some("pod-b"), "4", 1);
         short["spec"]["leaseDurationSeconds"] = json!(1);
         api.expect("GET", LEADER_PATH).await.ok(short.clone());
+        api.expect("GET", LEADER_PATH).await.ok(short.clone());
         api.expect("GET", LEADER_PATH).await.ok(short);
         let take = api.expect("PUT", LEADER_PATH).await;
         assert_eq!(take.body["spec"]["holderIdentity"], "pod-a");
@@ -736,8 +740,11 @@ async fn leadership_is_handed_over_on_release_and_taken_over_after_expiry() {
         a.release().await;
         assert!(b.try_acquire_or_renew().await, "pod-b took over");
         assert!(!a.try_acquire_or_renew().await, "the Lease is fresh");
-        // The record's own duration (1 s) counts, on pod-a's clock.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // The record's own duration (1 s) counts, on pod-a's clock: still held just before,
+        // expired just after.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!a.try_acquire_or_renew().await, "the Lease is still fresh");
+        tokio::time::advance(Duration::from_millis(200)).await;
         assert!(a.try_acquire_or_renew().await, "the Lease expired");
     };
     tokio::time::timeout(WAIT, async { tokio::join!(script, pods) })

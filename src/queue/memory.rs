@@ -201,6 +201,29 @@ impl Queue for MemoryQueue {
         }
     }
 
+    async fn take_ticket(&self, event: TicketEvent) -> Result<Option<Job>, QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let mut inner = self.lock();
+        if inner.tickets.contains_key(&event.ticket_id) {
+            return Ok(None);
+        }
+        // Marked running with nothing pending: events arriving meanwhile wait for the ack,
+        // and a draining queue waits for it too.
+        let slot = TicketSlot {
+            pending: None,
+            running: true,
+        };
+        inner.tickets.insert(event.ticket_id.clone(), slot);
+        Ok(Some(Job {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            event,
+            attempt: 1,
+            enqueued_at: Instant::now(),
+        }))
+    }
+
     async fn ack(&self, job: &Job) {
         self.lock().release(&job.event.ticket_id);
         self.wake.notify_one();
@@ -340,7 +363,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // Paused time: the short wait for a claim ends only once nothing else can run.
+    #[tokio::test(start_paused = true)]
     async fn events_for_a_running_ticket_coalesce_into_one_rerun() {
         let queue = MemoryQueue::new();
         queue.accept(event("1", 1), policy(10)).await.unwrap();
@@ -380,6 +404,25 @@ mod tests {
         assert_eq!(queue.unfinished(), ["1"]);
         queue.ack(&job).await;
         assert!(queue.claim().await.is_none());
+    }
+
+    // Paused time: the short wait for a claim ends only once nothing else can run.
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_ticket_holds_back_its_events_until_acknowledged() {
+        let queue = MemoryQueue::new();
+        let manual = queue.take_ticket(event("1", 1)).await.unwrap().unwrap();
+        assert!(queue.take_ticket(event("1", 2)).await.unwrap().is_none());
+        queue.accept(event("1", 3), policy(10)).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), queue.claim())
+                .await
+                .is_err(),
+            "an event overtook the manual run"
+        );
+        let other = queue.take_ticket(event("2", 4)).await.unwrap().unwrap();
+        assert_ne!(manual.id, other.id);
+        queue.ack(&manual).await;
+        assert_eq!(queue.claim().await.unwrap().event.event_time_ms, Some(3));
     }
 
     #[tokio::test]

@@ -68,6 +68,11 @@ pub trait Queue: Send + Sync {
     ) -> Result<Accepted, QueueError>;
     /// Waits for the next job whose ticket is not running; `None` once closed and drained.
     async fn claim(&self) -> Option<Job>;
+    /// Takes the ticket of `event` for a run started outside the queue (a manual run), as a
+    /// claim of its job would: the job gets an id of its own, and no other job of the ticket
+    /// runs until it is acknowledged with [`Queue::ack`]. `Ok(None)` when a job of the ticket
+    /// is running or waiting: the caller runs nothing rather than overtake it.
+    async fn take_ticket(&self, event: TicketEvent) -> Result<Option<Job>, QueueError>;
     /// Marks a claimed job done, releasing its ticket (and scheduling its coalesced re-run).
     async fn ack(&self, job: &Job);
     /// Releases a failed job's ticket and runs the job again after `delay`.

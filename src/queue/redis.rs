@@ -10,6 +10,7 @@
 //! | `queued` | set | tickets that have a live stream entry |
 //! | `dead` | stream | jobs that failed for good, with their last error |
 //! | `seen:<hash>` | string with TTL | deliveries accepted within the deduplication window |
+//! | `holds` | hash | ticket → lease expiry (epoch ms) of a manual run holding it |
 //!
 //! Per-ticket exclusion across pods: a ticket has at most one live stream entry (the `queued`
 //! set says which), and that entry stays in the group's pending-entries list, owned by the
@@ -19,6 +20,11 @@
 //! JUSTID`) while it works; when a pod dies, its entries go idle and another pod takes them
 //! over with `XAUTOCLAIM` after `claimIdleSeconds`, with the job it was running (stored in
 //! `running`, so step completion recorded in the ledger under the same job id is found).
+//!
+//! A manual run takes its ticket the same way, without a stream entry: it joins `queued` (so
+//! events wait in `pending`) and records a lease in `holds`, renewed like an entry's. Its end
+//! puts a waiting event on the stream; when its pod dies, any pod's upkeep ends the expired
+//! hold the same way, so a ticket is never left taken.
 //!
 //! Every state change is one Lua script, so Redis applies it atomically: a pod dying between
 //! two commands never leaves a ticket half-moved. `accept` returns only after Redis has
@@ -138,6 +144,7 @@ pub(crate) struct Keys {
     pub queued: String,
     pub dead: String,
     pub sequence: String,
+    pub holds: String,
     redis: Redis,
 }
 
@@ -150,6 +157,7 @@ impl Keys {
             queued: redis.key("queued"),
             dead: redis.key("dead"),
             sequence: redis.key("job-seq"),
+            holds: redis.key("holds"),
             redis: redis.clone(),
         }
     }
@@ -268,8 +276,46 @@ end
 return 'queued'
 "#;
 
+/// Takes a ticket for a manual run unless a job of it is waiting or running. `ARGV[2]` is
+/// the lease's expiry.
+const HOLD: &str = r#"
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Ends a manual run's hold: by its pod (`ARGV[4]` = '0'), or by any pod once its lease
+/// expired (`ARGV[4]` = '1'). A waiting event goes on the stream, else the ticket is freed.
+/// Returns 0 when there was no such hold (already ended), 2 for a re-run, 1 otherwise.
+const RELEASE: &str = r#"
+local expiry = redis.call('HGET', KEYS[2], ARGV[1])
+if not expiry then return 0 end
+if ARGV[4] == '1' and tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[3])
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[4], '*', 'ticket', ARGV[1])
+  return 2
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// Extends the leases of this pod's holds that still exist. `ARGV[1]` is the new expiry.
+const RENEW_HOLDS: &str = r#"
+for i = 2, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+  end
+end
+return 0
+"#;
+
 struct Scripts {
     accept: redis::Script,
+    hold: redis::Script,
+    release: redis::Script,
+    renew_holds: redis::Script,
     take: redis::Script,
     finish: redis::Script,
     renew: redis::Script,
@@ -280,6 +326,9 @@ impl Scripts {
     fn new() -> Self {
         Self {
             accept: redis::Script::new(ACCEPT),
+            hold: redis::Script::new(HOLD),
+            release: redis::Script::new(RELEASE),
+            renew_holds: redis::Script::new(RENEW_HOLDS),
             take: redis::Script::new(TAKE),
             finish: redis::Script::new(FINISH),
             renew: redis::Script::new(RENEW),
@@ -347,6 +396,8 @@ pub struct RedisQueue {
     metrics: QueueMetrics,
     /// Jobs this pod holds, by job id.
     held: Mutex<HashMap<u64, Held>>,
+    /// Tickets this pod's manual runs hold, by job id.
+    holds: Mutex<HashMap<u64, String>>,
     /// Jobs due to run here: retries whose delay passed, and jobs taken over.
     local: Mutex<VecDeque<Job>>,
     wake: Notify,
@@ -375,6 +426,7 @@ impl RedisQueue {
             scripts: Scripts::new(),
             metrics: queue_metrics,
             held: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
             local: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -439,6 +491,70 @@ impl RedisQueue {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_holds(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+        self.holds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn next_job_id(&self) -> Result<u64, RedisError> {
+        redis::cmd("INCR")
+            .arg(&self.keys.sequence)
+            .query_async(&mut self.conn())
+            .await
+            .doing("allocate a job id")
+    }
+
+    /// Ends the hold on `ticket`: this pod's (`expired_only` false) or anyone's whose lease
+    /// ran out.
+    async fn release_hold(&self, ticket: &str, expired_only: bool) -> Result<i64, RedisError> {
+        self.scripts
+            .release
+            .key(&self.keys.queued)
+            .key(&self.keys.holds)
+            .key(&self.keys.pending)
+            .key(&self.keys.stream)
+            .key(self.keys.touched(ticket))
+            .arg(ticket)
+            .arg(now_ms())
+            .arg(TOUCH_TTL_SECONDS)
+            .arg(if expired_only { "1" } else { "0" })
+            .invoke_async(&mut self.conn())
+            .await
+            .doing("end a manual run's hold")
+    }
+
+    /// Extends the leases of this pod's holds, and ends the holds of pods that stopped
+    /// renewing theirs.
+    async fn upkeep_holds(&self) -> Result<(), RedisError> {
+        let tickets: Vec<String> = self.lock_holds().values().cloned().collect();
+        if !tickets.is_empty() {
+            let mut invocation = self.scripts.renew_holds.key(&self.keys.holds);
+            invocation.arg(self.hold_expiry());
+            for ticket in &tickets {
+                invocation.arg(ticket);
+            }
+            invocation
+                .invoke_async::<i64>(&mut self.conn())
+                .await
+                .doing("renew manual run holds")?;
+        }
+        let all: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(&self.keys.holds)
+            .query_async(&mut self.conn())
+            .await
+            .doing("read manual run holds")?;
+        let now = now_ms();
+        for (ticket, expiry) in all {
+            if expiry <= now && self.release_hold(&ticket, true).await? != 0 {
+                tracing::warn!(ticket_id = %ticket, "ended a manual run its pod stopped renewing");
+            }
+        }
+        Ok(())
+    }
+
+    fn hold_expiry(&self) -> u64 {
+        now_ms() + self.options.claim_idle.as_millis() as u64
+    }
+
     fn lock_local(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -448,6 +564,11 @@ impl RedisQueue {
         self.ensure_group().await?;
         let reply: redis::RedisResult<Value> = {
             let mut reader = self.reader.lock().await;
+            // Workers queue for the reader, each turn a blocking read: one that waited while
+            // the queue closed stops here, or a pod would take a second per worker to stop.
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
@@ -681,7 +802,10 @@ async fn upkeep(queue: Weak<RedisQueue>) {
     loop {
         ticker.tick().await;
         let Some(queue) = queue.upgrade() else { return };
-        let renewed = queue.renew().await;
+        let renewed = match queue.renew().await {
+            Ok(()) => queue.upkeep_holds().await,
+            Err(error) => Err(error),
+        };
         let renewed = queue.observe(renewed);
         if renewed.is_err() {
             continue;
@@ -709,11 +833,7 @@ impl Queue for RedisQueue {
             return Err(QueueError::Closed);
         }
         let result = async {
-            let id: u64 = redis::cmd("INCR")
-                .arg(&self.keys.sequence)
-                .query_async(&mut self.conn())
-                .await
-                .doing("allocate a job id")?;
+            let id = self.next_job_id().await?;
             let job = serde_json::to_string(&StoredJob::new(id, &event))
                 .expect("a job serialises to JSON");
             let outcome: String = self
@@ -780,8 +900,57 @@ impl Queue for RedisQueue {
         }
     }
 
+    async fn take_ticket(&self, event: TicketEvent) -> Result<Option<Job>, QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let result = async {
+            let id = self.next_job_id().await?;
+            let taken: i64 = self
+                .scripts
+                .hold
+                .key(&self.keys.queued)
+                .key(&self.keys.holds)
+                .arg(&event.ticket_id)
+                .arg(self.hold_expiry())
+                .invoke_async(&mut self.conn())
+                .await
+                .doing("take a ticket for a manual run")?;
+            Ok::<_, RedisError>((id, taken == 1))
+        }
+        .await;
+        let (id, taken) = self.observe(result).map_err(|error| {
+            tracing::error!(error = %error, "manual run not started");
+            QueueError::Unavailable
+        })?;
+        if !taken {
+            return Ok(None);
+        }
+        self.lock_holds().insert(id, event.ticket_id.clone());
+        Ok(Some(Job {
+            id,
+            event,
+            attempt: 1,
+            enqueued_at: Instant::now(),
+        }))
+    }
+
     async fn ack(&self, job: &Job) {
-        self.finish(job, None).await;
+        let hold = self.lock_holds().remove(&job.id);
+        match hold {
+            Some(ticket) => {
+                let released = self.release_hold(&ticket, false).await;
+                if let Err(error) = self.observe(released) {
+                    tracing::warn!(
+                        ticket_id = %ticket,
+                        error = %error,
+                        "failed to end a manual run's hold; it ends when its lease runs out"
+                    );
+                }
+                self.wake.notify_one();
+            }
+            None => self.finish(job, None).await,
+        }
     }
 
     async fn retry(&self, job: Job, delay: Duration) {
@@ -847,6 +1016,7 @@ impl Queue for RedisQueue {
             .values()
             .map(|h| h.ticket.clone())
             .collect();
+        ids.extend(self.lock_holds().values().cloned());
         ids.sort();
         ids.dedup();
         ids

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::sync::watch;
 
 use super::{Context, Redis, RedisError, now_ms};
 use crate::config::{Settings, SettingsHandle};
@@ -29,6 +30,12 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(30);
 /// Tickets listed per department and round.
 const PER_DEPARTMENT: usize = 200;
+
+/// Gives the election up, if this pod holds it.
+const RESIGN: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
 
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -68,43 +75,61 @@ impl Reconciler {
     }
 
     /// Runs rounds every `spec.queue.redis.reconcileIntervalSeconds` (re-read each round, so
-    /// turning it on or off needs no restart) until the queue stops accepting for shutdown.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    /// turning it on or off needs no restart) until `stop` turns true at shutdown; then gives
+    /// the election up, so another pod reconciles without waiting for this one's term to end.
+    pub fn spawn(self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            loop {
-                let interval = self
-                    .settings
-                    .current()
-                    .queue()
-                    .redis
-                    .reconcile_interval_seconds;
-                if interval == 0 {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::select! {
+                () = self.rounds() => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+            let resigned: Result<i64, RedisError> = redis::Script::new(RESIGN)
+                .key(self.redis.key("reconciler"))
+                .arg(&self.consumer)
+                .invoke_async(&mut self.redis.connection())
+                .await
+                .doing("give the reconciler election up");
+            if let Err(error) = resigned {
+                tracing::warn!(error = %error, "the reconciler term ends by itself");
+            }
+            tracing::debug!("reconciler stopped");
+        })
+    }
+
+    async fn rounds(&self) {
+        loop {
+            let interval = self
+                .settings
+                .current()
+                .queue()
+                .redis
+                .reconcile_interval_seconds;
+            if interval == 0 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            let interval = Duration::from_secs(interval);
+            tokio::time::sleep(interval).await;
+            match self.elected(interval * 3).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(error = %error, "reconciliation skipped");
                     continue;
                 }
-                let interval = Duration::from_secs(interval);
-                tokio::time::sleep(interval).await;
-                match self.elected(interval * 3).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "reconciliation skipped");
-                        continue;
-                    }
-                }
-                let settings = self.settings.current();
-                match self.round(&settings).await {
-                    Ok(0) => tracing::debug!("reconciliation found nothing missed"),
-                    Ok(queued) => {
-                        tracing::warn!(
-                            queued,
-                            "reconciliation queued ticket changes whose webhook never arrived"
-                        );
-                    }
-                    Err(error) => tracing::warn!(error = %error, "reconciliation round failed"),
-                }
             }
-        })
+            let settings = self.settings.current();
+            match self.round(&settings).await {
+                Ok(0) => tracing::debug!("reconciliation found nothing missed"),
+                Ok(queued) => {
+                    tracing::warn!(
+                        queued,
+                        "reconciliation queued ticket changes whose webhook never arrived"
+                    );
+                }
+                Err(error) => tracing::warn!(error = %error, "reconciliation round failed"),
+            }
+        }
     }
 
     /// Whether this pod is the reconciler, renewing its term for `term`.

@@ -842,10 +842,10 @@ async fn find_deal(
         }
     }
     let fields: Vec<Map<String, Value>> = candidates.iter().map(|d| d.fields().clone()).collect();
-    let chosen = linking::choose_deal(&fields, preferences).map(|(deal, tier)| {
+    let chosen = linking::choose_deal(&fields, preferences).map(|(index, tier)| {
         (
-            candidates[index_of(&fields, deal)].id().to_owned(),
-            deal.clone(),
+            candidates[index].id().to_owned(),
+            fields[index].clone(),
             tier,
         )
     });
@@ -872,12 +872,6 @@ async fn find_deal(
             ),
         ),
     })
-}
-
-fn index_of(all: &[Map<String, Value>], item: &Map<String, Value>) -> usize {
-    all.iter()
-        .position(|candidate| std::ptr::eq(candidate, item))
-        .unwrap_or(0)
 }
 
 /// The variables templates see.
@@ -993,7 +987,7 @@ fn summary(deal: &FoundDeal) -> DealSummary {
 }
 
 fn same_name(current: Option<&str>, wanted: &str) -> bool {
-    current.is_some_and(|c| text::fold(c.trim()) == text::fold(wanted.trim()))
+    current.is_some_and(|c| crate::names::same_name(c, wanted))
 }
 
 fn unknown_department(name: &str) -> ZohoError {

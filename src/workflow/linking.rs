@@ -134,20 +134,22 @@ pub fn link_value(deal_id: &str, deal_name: Option<&str>, crm_web: &str) -> Stri
 }
 
 /// The best deal among `deals`: the first preference tier with a match, then the latest
-/// `Closing_Date` (then `Created_Time`). Returns the deal and its tier index.
-pub fn choose_deal<'a>(
-    deals: &'a [Map<String, Value>],
+/// `Closing_Date` (then `Created_Time`). Returns the deal's index in `deals`, so the caller
+/// finds its own record of it (id included) without searching, and the tier's index.
+pub fn choose_deal(
+    deals: &[Map<String, Value>],
     preferences: &[DealPreference],
-) -> Option<(&'a Map<String, Value>, usize)> {
+) -> Option<(usize, usize)> {
     preferences
         .iter()
         .enumerate()
         .find_map(|(tier, preference)| {
             deals
                 .iter()
-                .filter(|deal| matches_preference(deal, preference))
-                .max_by(|a, b| recency(a).cmp(&recency(b)))
-                .map(|deal| (deal, tier))
+                .enumerate()
+                .filter(|(_, deal)| matches_preference(deal, preference))
+                .max_by(|(_, a), (_, b)| recency(a).cmp(&recency(b)))
+                .map(|(index, _)| (index, tier))
         })
 }
 
@@ -268,8 +270,10 @@ mod tests {
             "[{stages: [GAGNÉ], amount: 20}, {stages: [EN ATTENTE], amount: 20}, {stages: [GAGNÉ, EN ATTENTE]}]",
         )
         .unwrap();
-        let (deal, tier) = choose_deal(&deals, &preferences).unwrap();
-        assert_eq!((deal["id"].as_str(), tier), (Some("3"), 0));
+        assert_eq!(choose_deal(&deals, &preferences), Some((2, 0)));
+        // The index is the chosen deal's own, wherever it sits among the candidates.
+        let twins = [deals[3].clone(), deals[2].clone(), deals[0].clone()];
+        assert_eq!(choose_deal(&twins, &preferences), Some((1, 0)));
         let lost: Vec<Map<String, Value>> =
             vec![json!({"Stage": "PERDU"}).as_object().unwrap().clone()];
         assert!(choose_deal(&lost, &preferences).is_none());

@@ -98,7 +98,7 @@ fn check(
         if !when
             .department
             .iter()
-            .any(|d| text::fold(d) == text::fold(current))
+            .any(|d| crate::names::same_name(d, current))
         {
             return Err(format!(
                 "department {current:?} is not one of {:?}",

@@ -5,7 +5,7 @@
 //! never matches "attestation" (the original system's substring defects). Every function is
 //! linear in its input and input is capped, so hostile text costs bounded time and memory.
 
-use unicode_normalization::char::decompose_canonical;
+pub use crate::names::fold;
 
 /// Longest text examined, in bytes; the rest of a message is ignored.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -133,30 +133,6 @@ fn is_history_marker(line: &str) -> bool {
         || (folded.starts_with("le ") && folded.ends_with("a ecrit:"))
         || (folded.starts_with("on ") && folded.ends_with("wrote:"))
         || folded.starts_with("________________")
-}
-
-/// Lower case without accents: `Évalué` → `evalue`, `œuvre` → `oeuvre`.
-pub fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        // ASCII, most of any message, needs no decomposition.
-        if c.is_ascii() {
-            out.push(c.to_ascii_lowercase());
-            continue;
-        }
-        match c {
-            'œ' | 'Œ' => out.push_str("oe"),
-            'æ' | 'Æ' => out.push_str("ae"),
-            'ß' => out.push_str("ss"),
-            '’' | '‘' => out.push('\''),
-            _ => decompose_canonical(c, |part| {
-                if !('\u{300}'..='\u{36f}').contains(&part) {
-                    out.extend(part.to_lowercase());
-                }
-            }),
-        }
-    }
-    out
 }
 
 /// Folded words (runs of letters and digits), all borrowed from one folded copy of the

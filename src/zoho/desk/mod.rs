@@ -163,14 +163,14 @@ impl DeskClient {
         Ok(list)
     }
 
-    /// The id of the department called `name` (case and surrounding spaces ignored),
+    /// The id of the department called `name` (compared as [`crate::names`] says),
     /// preferring an enabled one.
     pub async fn department_id_by_name(&self, name: &str) -> Result<Option<String>, ZohoError> {
-        let wanted = name.trim().to_lowercase();
+        let wanted = crate::names::name_key(name);
         let departments = self.departments().await?;
         let mut matching = departments
             .iter()
-            .filter(|d| d.name.trim().to_lowercase() == wanted);
+            .filter(|d| crate::names::name_key(&d.name) == wanted);
         let first = matching.next();
         let enabled = first
             .into_iter()
