@@ -15,10 +15,12 @@
 //!            200 only after this ◀───────┘
 //!                                        ▼
 //!                                     worker ──▶ workflow (one settings snapshot per job)
-//!                                                   │  decide: linking, rules, reply (pure)
-//!                                                   │  act: zoho clients, each write behind its flag
+//!                                                   │  facts: ticket, latest message, candidate deals (read)
+//!                                                   │  plan(facts, settings): rule, department, reply… (pure)
+//!                                                   │  execute: zoho clients, each write behind its flag
 //!                                                   ▼
-//!                                                decision report ──▶ decisions (console), logs, metrics
+//!                                                decision report + its facts ──▶ decisions (console),
+//!                                                   logs, metrics, archive (JSONL) ──▶ backtest
 //!
 //! settings: file | environment | Kubernetes ──▶ config::SettingsHandle (atomic swap)
 //! ```
