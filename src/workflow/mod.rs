@@ -4,8 +4,9 @@
 //! returns a [`DecisionReport`]: what it decided, and what each step did or why it did not.
 //!
 //! A run has three parts, so that a decision can be replayed without any I/O:
-//! - **facts** ([`facts`], and `offline` without Zoho credentials): what was read, the ticket's fields, the latest
-//!   customer message without its quoted history, the candidate deals, the event;
+//! - **facts** ([`facts`], or the event alone without Zoho credentials): what was read, the
+//!   ticket's fields, the latest customer message without its quoted history, the candidate
+//!   deals, the event;
 //! - **plan** ([`plan::plan`]): a pure function of the facts and the settings giving the
 //!   matching rule with every rule's verdict, the target department, the rendered reply, the
 //!   status, the deal updates, the note and whether each write is needed;
