@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::archive::DecisionArchive;
 use crate::shared::decisions::RedisDecisions;
 use crate::workflow::DecisionReport;
 
@@ -33,6 +34,7 @@ pub struct DecisionLog {
     next_id: AtomicU64,
     reports: Mutex<VecDeque<StoredDecision>>,
     shared: Option<Arc<RedisDecisions>>,
+    archive: Option<DecisionArchive>,
 }
 
 impl DecisionLog {
@@ -42,6 +44,7 @@ impl DecisionLog {
             next_id: AtomicU64::new(1),
             reports: Mutex::new(VecDeque::new()),
             shared: None,
+            archive: None,
         }
     }
 
@@ -51,12 +54,21 @@ impl DecisionLog {
         self
     }
 
+    /// Also appends every report that has facts to an archive.
+    pub fn with_archive(mut self, archive: DecisionArchive) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
     /// How many reports are kept at most.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
     pub fn push(&self, report: DecisionReport) {
+        if let Some(archive) = &self.archive {
+            archive.append(&report);
+        }
         if let Some(shared) = self.shared.clone() {
             let copy = report.clone();
             tokio::spawn(async move {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::archive::DecisionArchive;
 use crate::config::{
     self, InvalidSettings, Secret, Settings, SettingsHandle, SettingsSource, WatchedSecrets,
 };
@@ -176,7 +177,23 @@ fn install_crypto_providers() {
 /// Starts listeners, workers and watchers with `settings` in force, running the automation
 /// workflow against Zoho when credentials are given, offline otherwise.
 pub async fn start(options: ServeOptions, settings: Settings) -> Result<RunningServer, ServeError> {
-    launch(options, settings, None, Arc::new(Metrics::new())).await
+    launch(options, settings, None, Arc::new(Metrics::new()), None).await
+}
+
+/// [`start`], also appending each decision with its facts to `archive`.
+pub async fn start_archived(
+    options: ServeOptions,
+    settings: Settings,
+    archive: DecisionArchive,
+) -> Result<RunningServer, ServeError> {
+    launch(
+        options,
+        settings,
+        None,
+        Arc::new(Metrics::new()),
+        Some(archive),
+    )
+    .await
 }
 
 /// [`start`] with a given workflow.
@@ -185,7 +202,14 @@ pub async fn start_with(
     settings: Settings,
     workflow: Arc<dyn Workflow>,
 ) -> Result<RunningServer, ServeError> {
-    launch(options, settings, Some(workflow), Arc::new(Metrics::new())).await
+    launch(
+        options,
+        settings,
+        Some(workflow),
+        Arc::new(Metrics::new()),
+        None,
+    )
+    .await
 }
 
 /// The automation workflow, with Zoho clients when credentials are configured; with Redis,
@@ -244,6 +268,7 @@ async fn launch(
     settings: Settings,
     workflow: Option<Arc<dyn Workflow>>,
     metrics: Arc<Metrics>,
+    archive: Option<DecisionArchive>,
 ) -> Result<RunningServer, ServeError> {
     let started = Instant::now();
     let settings_handle = SettingsHandle::new(settings);
@@ -334,6 +359,9 @@ async fn launch(
             redis.clone(),
             options.decisions_retained,
         ));
+    }
+    if let Some(archive) = archive {
+        decisions = decisions.with_archive(archive);
     }
     let decisions = Arc::new(decisions);
     let draining = Arc::new(AtomicBool::new(false));
