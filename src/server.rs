@@ -364,6 +364,9 @@ async fn launch(
         decisions = decisions.with_archive(archive);
     }
     let decisions = Arc::new(decisions);
+    if let Some(kube) = &kube {
+        kube.attach_decisions(decisions.clone());
+    }
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState::new(Shared {
         settings: settings_handle.clone(),

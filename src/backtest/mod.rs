@@ -157,8 +157,8 @@ pub struct Comparison {
 
 /// Replays each decision's facts under `new` and compares with `baseline`, or with the intent
 /// recorded with the decision when there is no baseline.
-pub fn compare(
-    decisions: &[DecisionReport],
+pub fn compare<'a>(
+    decisions: impl IntoIterator<Item = &'a DecisionReport>,
     new: &Settings,
     baseline: Option<&Settings>,
 ) -> Comparison {
@@ -201,6 +201,15 @@ pub fn compare(
         });
     }
     comparison
+}
+
+/// A digest of the settings that decide (departments, linking, routing, replies): two
+/// settings with the same digest plan every ticket alike.
+pub fn decision_digest(settings: &Settings) -> String {
+    let spec = &settings.spec;
+    let deciding = serde_json::json!([spec.departments, spec.linking, spec.routing, spec.replies]);
+    let bytes = serde_json::to_vec(&deciding).unwrap_or_default();
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
 }
 
 /// Every difference between two intents, by kind.

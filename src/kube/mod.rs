@@ -11,7 +11,9 @@
 //!   settings generation it runs and whether its data plane is healthy in two annotations.
 //! - **status** ([`status::StatusWriter`]): pods elect one status writer through a
 //!   `coordination.k8s.io` Lease ([`lease::LeaderElector`]). The writer lists the pods' Leases,
-//!   writes the resource's status, and records every flag change as one Kubernetes Event.
+//!   writes the resource's status, and records every flag change as one Kubernetes Event. An
+//!   edit of what decides (routing, replies, linking) is backtested on the retained decisions
+//!   ([`impact`]) into `status.lastChange` and a `RoutingChanged` Event.
 //!
 //! Why Leases for the pods' reports: a Lease is the object Kubernetes itself uses for
 //! heartbeats (node leases), it carries a renew time so a dead pod ages out without anyone
@@ -25,6 +27,7 @@
 
 mod events;
 mod health;
+mod impact;
 mod lease;
 mod resource;
 mod status;
@@ -39,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Settings, SettingsHandle};
 use crate::crd::WebhookAutomationSpec;
+use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
 
 pub use events::{FlagChange, flag_changes};
@@ -166,11 +170,18 @@ pub fn initial_settings(lookup: impl Fn(&str) -> Option<String>) -> Settings {
 /// The running Kubernetes tasks of this pod.
 pub struct KubeRuntime {
     stop: channel::Sender<bool>,
+    decisions: impact::DecisionSlot,
     tasks: Vec<JoinHandle<()>>,
     watcher: JoinHandle<()>,
 }
 
 impl KubeRuntime {
+    /// Hands the decision log to the status writer, which backtests each edit of routing,
+    /// replies or linking on it.
+    pub fn attach_decisions(&self, log: Arc<DecisionLog>) {
+        self.decisions.attach(log);
+    }
+
     /// Hands the status-writer Lease over, withdraws this pod's report and stops watching.
     /// Bounded: a slow API server cannot hold the shutdown up for more than a few seconds.
     pub async fn shutdown(self) {
@@ -252,7 +263,9 @@ pub async fn start_with_client(
         settings.clone(),
         metrics.clone(),
     );
-    let writer = StatusWriter::new(client, &namespace, &options, kube_metrics);
+    let decisions = impact::DecisionSlot::default();
+    let writer = StatusWriter::new(client, &namespace, &options, kube_metrics)
+        .with_decisions(decisions.clone());
     let elector = LeaderElector::new(
         lease::leases_api(writer.client(), &namespace),
         lease::leader_lease_name(&options.resource),
@@ -272,6 +285,7 @@ pub async fn start_with_client(
     ];
     Ok(KubeRuntime {
         stop,
+        decisions,
         tasks,
         watcher,
     })
