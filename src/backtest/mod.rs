@@ -80,6 +80,38 @@ impl Backtest {
     }
 }
 
+/// Settings pasted as text that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PastedSettingsError {
+    #[error("failed to read the settings: {0}")]
+    Parse(String),
+    #[error("the document is a {0}, not a WebhookAutomation")]
+    WrongKind(String),
+    #[error("the settings are invalid: {0}")]
+    Invalid(#[from] crate::config::InvalidSettings),
+}
+
+/// Settings from YAML text: a whole `WebhookAutomation` document, or only its `spec`.
+pub fn settings_from_yaml(text: &str) -> Result<Settings, PastedSettingsError> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| PastedSettingsError::Parse(e.to_string()))?;
+    let spec = if value.get("spec").is_some() || value.get("kind").is_some() {
+        let document: crate::crd::WebhookAutomationDocument =
+            serde_yaml::from_value(value).map_err(|e| PastedSettingsError::Parse(e.to_string()))?;
+        if document.kind != crate::crd::KIND {
+            return Err(PastedSettingsError::WrongKind(document.kind));
+        }
+        document.spec
+    } else {
+        serde_yaml::from_value(value).map_err(|e| PastedSettingsError::Parse(e.to_string()))?
+    };
+    Ok(Settings::from_spec(
+        spec,
+        crate::config::SettingsSource::Environment,
+        0,
+    )?)
+}
+
 /// What can change for a ticket, in the order a person reads a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -351,6 +383,27 @@ mod tests {
             }),
             ..Intent::default()
         }
+    }
+
+    #[test]
+    fn pasted_settings_are_a_document_or_a_spec() {
+        let spec = "departments: [DOC]\nrouting: [{name: a, then: {department: DOC}}]\n";
+        let alone = settings_from_yaml(spec).unwrap();
+        assert_eq!(alone.spec.routing[0].name, "a");
+        let document = "apiVersion: deskhook.dev/v1alpha1\nkind: WebhookAutomation\nspec:\n  departments: [DOC]\n";
+        assert_eq!(
+            settings_from_yaml(document).unwrap().spec.departments,
+            ["DOC"]
+        );
+        let other = "apiVersion: v1\nkind: ConfigMap\nspec: {}\n";
+        assert!(matches!(
+            settings_from_yaml(other),
+            Err(PastedSettingsError::WrongKind(kind)) if kind == "ConfigMap"
+        ));
+        assert!(matches!(
+            settings_from_yaml("routing: [{nom: x}]"),
+            Err(PastedSettingsError::Parse(_))
+        ));
     }
 
     #[test]

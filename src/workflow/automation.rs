@@ -195,6 +195,7 @@ impl AutomationWorkflow {
                 Ok(false) => {
                     report.skipped = Some(why);
                     report.facts = Some(facts.bounded());
+                    report.intent = Some(plan::plan(&facts, settings).intent());
                     return;
                 }
                 Err(error) => {
