@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use deskhook::archive::{ArchiveLimits, DecisionArchive};
 use deskhook::backtest::render::Format;
 use deskhook::backtest::source::Source;
-use deskhook::backtest::{Backtest, MaxChanged};
+use deskhook::backtest::{Backtest, Baseline, MaxChanged};
 use deskhook::config::{Secret, WatchedSecrets};
 use deskhook::crd::SignatureEncoding;
 use deskhook::kube::KubeOptions;
@@ -61,10 +61,18 @@ struct BacktestArgs {
     /// The edited WebhookAutomation YAML file.
     #[arg(long, value_name = "FILE")]
     settings: PathBuf,
-    /// The WebhookAutomation YAML file in force. Without it, each decision is compared with
-    /// what was decided under the settings of its time.
-    #[arg(long, value_name = "FILE")]
+    /// The WebhookAutomation YAML file in force. Without it (or --kube), each decision is
+    /// compared with what was decided under the settings of its time.
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
     baseline: Option<PathBuf>,
+    /// Compare with the live WebhookAutomation of this name in Kubernetes (namespace from
+    /// --namespace, POD_NAMESPACE or the kubeconfig; credentials in-cluster or from the
+    /// kubeconfig).
+    #[arg(long, value_name = "NAME")]
+    kube: Option<String>,
+    /// Namespace of the --kube resource.
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+    namespace: Option<String>,
     /// Read the recorded decisions from a running deskhook's admin listener, e.g.
     /// http://deskhook-metrics:9090 (admin token in DESKHOOK_ADMIN_TOKEN).
     #[arg(long, value_name = "URL", env = "DESKHOOK_ADMIN_URL")]
@@ -433,7 +441,14 @@ async fn backtest(args: BacktestArgs) -> anyhow::Result<()> {
     let backtest = Backtest {
         source,
         settings: args.settings,
-        baseline: args.baseline,
+        baseline: match (args.baseline, args.kube) {
+            (Some(path), _) => Baseline::File(path),
+            (None, Some(name)) => Baseline::Kube {
+                name,
+                namespace: args.namespace,
+            },
+            (None, None) => Baseline::Recorded,
+        },
         since: args.since,
         limit: args.limit,
         format: match args.format {

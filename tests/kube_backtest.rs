@@ -204,3 +204,105 @@ async fn a_routing_edit_says_how_many_recent_tickets_would_route_differently() {
     assert_eq!(events(&fake, "RoutingChanged").len(), 1);
     pod.terminate().await;
 }
+
+/// A decision made offline from an event carrying `subject`, under `spec`, as the workflow
+/// records it.
+async fn recorded(n: usize, spec: &Value) -> deskhook::workflow::DecisionReport {
+    use deskhook::config::{Settings, SettingsSource};
+    use deskhook::workflow::Workflow;
+    let spec = serde_json::from_value(spec.clone()).unwrap();
+    let settings = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap();
+    let workflow = deskhook::workflow::AutomationWorkflow::new(
+        None,
+        std::sync::Arc::new(deskhook::workflow::ledger::MemoryLedger::default()),
+        None,
+    );
+    let job = deskhook::queue::Job {
+        id: n as u64,
+        event: deskhook::event::TicketEvent::new(
+            format!("1987090004383{n:05}"),
+            "Ticket_Add".into(),
+            None,
+            None,
+            json!({"subject": subject(n).0, "description": "Bonjour", "departmentName": "DOC"}),
+        ),
+        attempt: 1,
+        enqueued_at: std::time::Instant::now(),
+    };
+    workflow.run(&job, &settings).await
+}
+
+#[tokio::test]
+async fn the_cli_backtest_compares_with_the_live_resource() {
+    let fake = FakeApi::start().await;
+    fake.create(AUTOMATIONS, NS, automation());
+    let dir = TempDir::new("kube-backtest-cli");
+    let kubeconfig = dir.write("kubeconfig", &fake.kubeconfig(NS));
+    // Decisions made long ago under settings with no rule at all: compared with what they
+    // recorded, every billing or accounting ticket would change.
+    let mut bare = automation()["spec"].clone();
+    bare["routing"] = json!([]);
+    let mut lines = String::new();
+    for n in 0..TICKETS {
+        let report = recorded(n, &bare).await;
+        assert!(report.facts.is_some());
+        lines.push_str(&serde_json::to_string(&report).unwrap());
+        lines.push('\n');
+    }
+    let archive = dir.write("decisions.jsonl", &lines);
+    let mut edited = automation();
+    edited["spec"]["routing"] = routing(&["paiement"], &["bilan", "facture*"]);
+    let edited = dir.write("edited.yaml", &serde_yaml::to_string(&edited).unwrap());
+
+    let run = |baseline: &[&str]| {
+        let mut command = Command::new(support::process::BIN);
+        command
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["backtest", "--format", "json", "--archive"])
+            .arg(&archive)
+            .arg("--settings")
+            .arg(&edited)
+            .args(baseline);
+        async move {
+            let output = tokio::time::timeout(intake::WAIT, command.output())
+                .await
+                .expect("the backtest finishes")
+                .expect("the binary runs");
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_slice::<Value>(&output.stdout).expect("JSON")
+        }
+    };
+    let against_live = run(&["--kube", "support", "--namespace", NS]).await;
+    let moved = (0..TICKETS).filter(|n| subject(*n).1).count();
+    assert_eq!(against_live["compared"], TICKETS);
+    assert_eq!(against_live["changed"], moved, "{against_live}");
+    let against_recorded = run(&[]).await;
+    let routed = (0..TICKETS)
+        .filter(|n| subject(*n).0 != "Facturation groupée")
+        .count();
+    assert_eq!(against_recorded["changed"], routed, "{against_recorded}");
+
+    let missing = Command::new(support::process::BIN)
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["backtest", "--archive"])
+        .arg(&archive)
+        .arg("--settings")
+        .arg(&edited)
+        .args(["--kube", "absent", "--namespace", NS])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("WebhookAutomation desk/absent does not exist"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

@@ -29,14 +29,27 @@ pub struct Backtest {
     pub source: source::Source,
     /// The edited `WebhookAutomation` file.
     pub settings: PathBuf,
-    /// The settings in force; without them, each decision's recorded intent.
-    pub baseline: Option<PathBuf>,
+    /// What the edit is compared with.
+    pub baseline: Baseline,
     /// Only decisions made within this long.
     pub since: Option<Duration>,
     /// Only the newest this many decisions.
     pub limit: Option<usize>,
     pub format: render::Format,
     pub max_changed: Option<MaxChanged>,
+}
+
+/// The settings an edit is compared with.
+pub enum Baseline {
+    /// What each decision intended under the settings of its time, as recorded.
+    Recorded,
+    /// A `WebhookAutomation` file.
+    File(PathBuf),
+    /// The live resource in Kubernetes.
+    Kube {
+        name: String,
+        namespace: Option<String>,
+    },
 }
 
 /// What a backtest found.
@@ -55,6 +68,8 @@ pub enum BacktestError {
     Settings(#[from] SettingsFileError),
     #[error(transparent)]
     Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
 }
 
 impl Backtest {
@@ -62,8 +77,11 @@ impl Backtest {
     pub async fn run(&self) -> Result<Finding, BacktestError> {
         let new = load_settings_file(&self.settings, 0)?;
         let baseline = match &self.baseline {
-            Some(path) => Some(load_settings_file(path, 0)?),
-            None => None,
+            Baseline::Recorded => None,
+            Baseline::File(path) => Some(load_settings_file(path, 0)?),
+            Baseline::Kube { name, namespace } => {
+                Some(crate::kube::live_settings(name, namespace.as_deref()).await?)
+            }
         };
         let recorded = self.source.load().await?;
         let decisions = source::select(recorded, SystemTime::now(), self.since, self.limit);

@@ -147,6 +147,29 @@ pub enum KubeError {
     },
     #[error("failed to list WebhookAutomation {key} within {seconds} s of start-up")]
     FirstList { key: String, seconds: u64 },
+    #[error("WebhookAutomation {key} does not exist")]
+    Missing { key: String },
+    #[error("WebhookAutomation {key} holds invalid settings: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The settings of the `WebhookAutomation` named `name` as it stands now, read once with the
+/// in-cluster or kubeconfig credentials (namespace: `namespace`, else the kubeconfig's).
+pub async fn live_settings(name: &str, namespace: Option<&str>) -> Result<Settings, KubeError> {
+    let client = Client::try_default().await.map_err(KubeError::Client)?;
+    let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+    let key = format!("{namespace}/{name}");
+    let object = automation_api(client, &namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| KubeError::Preflight {
+            key: key.clone(),
+            source,
+        })?
+        .ok_or_else(|| KubeError::Missing { key: key.clone() })?;
+    resource::Observed::read(&object, &key)
+        .settings
+        .map_err(|message| KubeError::Invalid { key, message })
 }
 
 /// Settings before the first list: every writing flag off. The seed's flag variables are
