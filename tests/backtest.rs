@@ -221,6 +221,11 @@ impl Recorded {
     /// Runs `deskhook backtest` with `args`, with Zoho credentials pointing at the fake so
     /// that any call it made would be seen, and checks that the fake heard none.
     async fn backtest(&self, args: &[&str]) -> Output {
+        self.backtest_with(args, &[]).await
+    }
+
+    /// [`Recorded::backtest`] with more environment variables.
+    async fn backtest_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let before = self.fake.calls().len();
         let output = tokio::time::timeout(
             Duration::from_secs(60),
@@ -235,6 +240,7 @@ impl Recorded {
                 .env("DESKHOOK_ZOHO_ACCOUNTS_URL", self.fake.url())
                 .env("DESKHOOK_ZOHO_DESK_URL", self.fake.url())
                 .env("DESKHOOK_ZOHO_CRM_URL", self.fake.url())
+                .envs(env.iter().copied())
                 .output(),
         )
         .await
@@ -485,5 +491,55 @@ async fn the_exit_code_follows_max_changed() {
     );
     let invalid = run("plenty".to_owned()).await;
     assert_eq!(invalid.status.code(), Some(2), "clap refuses the value");
+    recorded.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn decisions_stored_in_redis_keep_their_facts_for_a_backtest() {
+    use deskhook::config::Secret;
+    use deskhook::shared::Redis;
+    use deskhook::shared::decisions::RedisDecisions;
+
+    let Some(redis) = support::redis::RedisServer::start("backtest from Redis") else {
+        return;
+    };
+    let recorded = Recorded::new().await;
+    let archive = recorded.archive();
+    let reports = deskhook::archive::read(&archive).unwrap().reports;
+    assert_eq!(reports.len(), DECISIONS);
+    let shared = RedisDecisions::new(
+        Redis::connect(&Secret::new(redis.url()), "deskhook").unwrap(),
+        deskhook::decisions::DEFAULT_RETAINED,
+    );
+    for report in &reports {
+        shared.push(report).await.expect("stored in Redis");
+    }
+    let old = recorded.settings("old.yaml", OLD);
+    let new = recorded.settings("new.yaml", &keyword_moved());
+    let compare = [
+        "--settings",
+        path(&new),
+        "--baseline",
+        path(&old),
+        "--format",
+        "json",
+    ];
+    let url = redis.url();
+    let from_redis = stdout(
+        &recorded
+            .backtest_with(
+                &[&["--redis"][..], &compare[..]].concat(),
+                &[("DESKHOOK_REDIS_URL", &url)],
+            )
+            .await,
+    );
+    let from_archive = stdout(
+        &recorded
+            .backtest(&[&["--archive", path(&archive)][..], &compare[..]].concat())
+            .await,
+    );
+    assert_eq!(from_redis, from_archive);
+    let answer: Value = serde_json::from_str(&from_redis).unwrap();
+    assert_eq!(answer["compared"], DECISIONS);
     recorded.server.shutdown().await;
 }
