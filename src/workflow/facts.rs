@@ -21,8 +21,9 @@ pub const KEPT_MESSAGE_CHARS: usize = 8_000;
 pub const KEPT_SUBJECT_CHARS: usize = 1_000;
 /// Deal candidates kept with a report.
 pub const KEPT_CANDIDATES: usize = 10;
-/// Serialized size of one kept deal's fields; a larger deal keeps only its short fields.
-pub const KEPT_DEAL_BYTES: usize = 16 * 1024;
+/// Serialized size of one kept deal's fields; a larger deal keeps only its short fields, as
+/// many as fit.
+pub const KEPT_DEAL_BYTES: usize = 4 * 1024;
 /// Longest single deal field value kept when a deal is over [`KEPT_DEAL_BYTES`].
 const KEPT_FIELD_BYTES: usize = 512;
 
@@ -113,14 +114,23 @@ fn truncate(text: &mut String, max_chars: usize) -> bool {
     }
 }
 
-/// Drops the long values of a deal too large to keep whole; conditions read short fields
-/// (stages, amounts, statuses), so they survive.
+/// Cuts a deal too large to keep whole down to its short fields, as many as fit: conditions
+/// read short fields (stages, amounts, statuses), so they are the ones worth keeping.
 fn shrink(fields: &mut Map<String, Value>) -> bool {
-    let size = serde_json::to_vec(fields).map_or(0, |bytes| bytes.len());
-    if size <= KEPT_DEAL_BYTES {
+    let size = |value: &Value| serde_json::to_vec(value).map_or(0, |bytes| bytes.len());
+    let total: usize = fields.iter().map(|(k, v)| k.len() + size(v) + 4).sum();
+    if total <= KEPT_DEAL_BYTES {
         return false;
     }
-    fields.retain(|_, value| serde_json::to_vec(value).map_or(0, |b| b.len()) <= KEPT_FIELD_BYTES);
+    let mut budget = KEPT_DEAL_BYTES;
+    fields.retain(|key, value| {
+        let cost = key.len() + size(value) + 4;
+        let keep = size(value) <= KEPT_FIELD_BYTES && cost <= budget;
+        if keep {
+            budget -= cost;
+        }
+        keep
+    });
     true
 }
 
@@ -285,6 +295,17 @@ mod tests {
         assert_eq!(deals.len(), KEPT_CANDIDATES);
         assert_eq!(deals[0].fields.get("Stage"), Some(&json!("GAGNÉ")));
         assert!(!deals[0].fields.contains_key("Description"));
+    }
+
+    #[test]
+    fn a_deal_of_many_short_fields_is_cut_to_its_bound() {
+        let mut fields = Map::new();
+        for n in 0..1_000 {
+            fields.insert(format!("Field_{n:04}"), json!("short value"));
+        }
+        assert!(shrink(&mut fields));
+        assert!(serde_json::to_vec(&fields).unwrap().len() <= KEPT_DEAL_BYTES);
+        assert!(fields.len() > 50, "short fields are kept while they fit");
     }
 
     #[test]
