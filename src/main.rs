@@ -75,7 +75,7 @@ struct BacktestArgs {
     namespace: Option<String>,
     /// Read the recorded decisions from a running deskhook's admin listener, e.g.
     /// http://deskhook-metrics:9090 (admin token in DESKHOOK_ADMIN_TOKEN).
-    #[arg(long, value_name = "URL", env = "DESKHOOK_ADMIN_URL")]
+    #[arg(long, value_name = "URL")]
     api: Option<String>,
     /// Read the recorded decisions from Redis (DESKHOOK_REDIS_URL).
     #[arg(long)]
