@@ -73,8 +73,8 @@ struct BacktestArgs {
     /// Namespace of the --kube resource.
     #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
     namespace: Option<String>,
-    /// Read the recorded decisions from a running deskhook's admin listener, e.g.
-    /// http://deskhook-metrics:9090 (admin token in DESKHOOK_ADMIN_TOKEN).
+    /// Read the recorded decisions from a running deskhook's /webhook/decisions, on its
+    /// webhook listener, e.g. http://localhost:5000 (admin token in DESKHOOK_ADMIN_TOKEN).
     #[arg(long, value_name = "URL")]
     api: Option<String>,
     /// Read the recorded decisions from Redis (DESKHOOK_REDIS_URL).

@@ -13,7 +13,7 @@ use crate::shared::Redis;
 use crate::shared::decisions::RedisDecisions;
 use crate::workflow::DecisionReport;
 
-/// Decisions the admin API returns at most in one answer.
+/// Decisions `/webhook/decisions` returns at most in one answer.
 pub const ADMIN_API_MAX: usize = 200;
 /// Decisions read from Redis at most (the retention is smaller in practice).
 const REDIS_MAX: usize = 100_000;
