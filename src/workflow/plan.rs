@@ -404,6 +404,23 @@ pub struct ReplyIntent {
 }
 
 impl Plan {
+    /// Each writing step in the order it is carried out, with what it would do or why it is
+    /// not needed. The note is left out: whether it is due depends on what the others did.
+    pub fn writes(&self) -> Vec<(&'static str, Need)> {
+        let reply = match &self.reply {
+            ReplyPlan::NoTemplate => Err("the rule names no reply template".to_owned()),
+            ReplyPlan::Invalid(error) => Err(error.to_string()),
+            ReplyPlan::Ready(planned) => planned.need.clone(),
+        };
+        vec![
+            ("dispatch", self.dispatch.clone()),
+            ("link", self.link.clone()),
+            ("reply", reply),
+            ("update_ticket", self.update_ticket.clone()),
+            ("update_deal", self.update_deal.clone()),
+        ]
+    }
+
     /// The plan in the terms a person compares.
     pub fn intent(&self) -> Intent {
         if let Some(why) = &self.skipped {
@@ -540,6 +557,13 @@ replies:
         assert_eq!(reply.mode, "suggestion");
         assert_eq!(reply.need, Ok("draft reply to zoe@example.fr".to_owned()));
         assert!(!reply.rewrite);
+        let needed: Vec<&str> = plan
+            .writes()
+            .into_iter()
+            .filter(|(_, need)| need.is_ok())
+            .map(|(step, _)| step)
+            .collect();
+        assert_eq!(needed, ["dispatch", "link", "reply"]);
     }
 
     #[test]
