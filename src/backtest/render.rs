@@ -50,7 +50,9 @@ pub fn table(comparison: &Comparison) -> String {
             ticket.ticket_id, ticket.decided_at, ticket.settings_generation
         );
         for change in &ticket.changes {
+            // A reply whose text changed shows its template here and the diff below.
             let shown = |value: &Option<String>| match value {
+                Some(value) if change.diff.is_some() => label(value),
                 Some(value) => one_line(value, 100),
                 None => "(none)".to_owned(),
             };
@@ -109,6 +111,14 @@ pub fn csv(comparison: &Comparison) -> String {
     String::from_utf8(bytes).unwrap_or_default()
 }
 
+/// The `[template; …]` label that opens a shown reply.
+fn label(reply: &str) -> String {
+    match reply.find(']') {
+        Some(end) if reply.starts_with('[') => reply[..=end].to_owned(),
+        _ => one_line(reply, 100),
+    }
+}
+
 /// A value on one line, cut to `max` characters.
 fn one_line(text: &str, max: usize) -> String {
     let flat: String = text
@@ -158,6 +168,25 @@ mod tests {
         );
         assert!(text.contains("department    DOC → FACTURATION"), "{text}");
         assert!(text.contains("1 of 2 decisions would change"), "{text}");
+    }
+
+    #[test]
+    fn a_changed_reply_shows_its_template_and_the_diff_below() {
+        let mut reply = comparison();
+        reply.tickets[0].changes[0] = Change {
+            kind: Kind::Reply,
+            before: Some("[accuse] Bonjour,\nmerci".into()),
+            after: Some("[accuse; would be rewritten by the model] Bonjour,\nmerci !".into()),
+            diff: Some(
+                "--- before\n+++ after\n@@ -1,2 +1,2 @@\n Bonjour,\n-merci\n+merci !\n".into(),
+            ),
+        };
+        let text = table(&reply);
+        assert!(
+            text.contains("  reply         [accuse] → [accuse; would be rewritten by the model]\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n      +merci !\n"), "{text}");
     }
 
     #[test]
