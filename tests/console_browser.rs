@@ -233,12 +233,17 @@ impl Browser {
         .await;
     }
 
-    async fn clear(&self, css: &str) {
-        let element = self.find(css).await;
+    /// Replaces a field's text at once, as a paste does: typing a whole document key by key
+    /// takes longer than a loaded machine allows one WebDriver call.
+    async fn paste(&self, css: &str, text: &str) {
+        self.find(css).await;
         self.call(
             reqwest::Method::POST,
-            &format!("/element/{element}/clear"),
-            Some(json!({})),
+            "/execute/sync",
+            Some(json!({
+                "script": "document.querySelector(arguments[0]).value = arguments[1];",
+                "args": [css, text],
+            })),
         )
         .await;
     }
@@ -483,8 +488,7 @@ async fn the_backtest_page_shows_a_pasted_edit_ticket_by_ticket() {
         .click_to_navigate("nav a[href='/console/backtest']")
         .await;
     assert!(browser.current_url().await.ends_with("/console/backtest"));
-    browser.clear("textarea[name=yaml]").await;
-    browser.type_into("textarea[name=yaml]", &yaml).await;
+    browser.paste("textarea[name=yaml]", &yaml).await;
     browser.click("#backtest-run").await;
     browser.wait_for("#backtest-result").await;
     assert_eq!(browser.text("#backtest-changed").await, billed.to_string());
