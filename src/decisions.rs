@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::archive::DecisionArchive;
 use crate::shared::decisions::RedisDecisions;
 use crate::workflow::DecisionReport;
 
@@ -58,6 +59,7 @@ pub struct DecisionLog {
     local_tag: String,
     reports: Arc<Mutex<VecDeque<StoredDecision>>>,
     shared: Option<Arc<RedisDecisions>>,
+    archive: Option<DecisionArchive>,
 }
 
 impl DecisionLog {
@@ -69,6 +71,7 @@ impl DecisionLog {
             local_tag: format!("{:016x}", RandomState::new().hash_one(std::process::id())),
             reports: Arc::new(Mutex::new(VecDeque::new())),
             shared: None,
+            archive: None,
         }
     }
 
@@ -78,12 +81,21 @@ impl DecisionLog {
         self
     }
 
+    /// Also appends every report that has facts to an archive.
+    pub fn with_archive(mut self, archive: DecisionArchive) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
     /// How many reports are kept at most.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
     pub fn push(&self, report: DecisionReport) {
+        if let Some(archive) = &self.archive {
+            archive.append(&report);
+        }
         let Some(shared) = self.shared.clone() else {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
             keep(&self.reports, self.capacity, id, Arc::new(report));

@@ -15,10 +15,12 @@
 //!            200 only after this ◀───────┘
 //!                                        ▼
 //!                                     worker ──▶ workflow (one settings snapshot per job)
-//!                                                   │  decide: linking, rules, reply (pure)
-//!                                                   │  act: zoho clients, each write behind its flag
+//!                                                   │  facts: ticket, latest message, candidate deals (read)
+//!                                                   │  plan(facts, settings): rule, department, reply… (pure)
+//!                                                   │  execute: zoho clients, each write behind its flag
 //!                                                   ▼
-//!                                                decision report ──▶ decisions (console), logs, metrics
+//!                                                decision report + its facts ──▶ decisions (console),
+//!                                                   logs, metrics, archive (JSONL) ──▶ backtest
 //!
 //! settings: file | environment | Kubernetes ──▶ config::SettingsHandle (atomic swap)
 //! ```
@@ -26,13 +28,16 @@
 //! Every module owns one noun: `crd` the resource types, `config` the validated settings and
 //! their sources, `verify` signatures, `event` payload parsing, `queue` the hand-off to
 //! workers, `worker` running jobs, `workflow` the automation, `zoho` the Desk and CRM API
-//! clients, `decisions` the recent reports, `http` the routers and the review console, `kube`
+//! clients, `decisions` the recent reports, `archive` their longer history in JSONL files,
+//! `backtest` replaying recorded facts under other settings, `http` the routers and the review console, `kube`
 //! the resource watcher and its status, `shared` the state pods share through Redis, `limits`
 //! the per-client budgets of the public listener, `rejections` the redacted log of refused
 //! requests, `names` the one way names are compared, `region` Zoho's hosts, `metrics` and `telemetry` observability, `server` the
 //! wiring of a running process.
 #![forbid(unsafe_code)]
 
+pub mod archive;
+pub mod backtest;
 pub mod config;
 pub mod crd;
 pub mod decisions;

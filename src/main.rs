@@ -1,6 +1,6 @@
 //! The `deskhook` command: parse the command line, start logging, call the library.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
+use deskhook::archive::{ArchiveLimits, DecisionArchive};
+use deskhook::backtest::render::Format;
+use deskhook::backtest::source::Source;
+use deskhook::backtest::{Backtest, Baseline, MaxChanged};
 use deskhook::config::{Secret, WatchedSecrets};
 use deskhook::crd::SignatureEncoding;
 use deskhook::kube::KubeOptions;
@@ -46,6 +50,68 @@ enum Command {
     },
     /// Inspect the Redis queue and replay dead letters (DESKHOOK_REDIS_URL).
     Queue(QueueArgs),
+    /// Show what a settings edit would change on recently decided tickets, from their
+    /// recorded facts: no call to Zoho or to a model. Exits with 3 when more decisions would
+    /// change than --max-changed accepts.
+    Backtest(BacktestArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("decisions").required(true).args(["api", "redis", "archive"])))]
+struct BacktestArgs {
+    /// The edited WebhookAutomation YAML file.
+    #[arg(long, value_name = "FILE")]
+    settings: PathBuf,
+    /// The WebhookAutomation YAML file in force. Without it (or --kube), each decision is
+    /// compared with what was decided under the settings of its time.
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
+    baseline: Option<PathBuf>,
+    /// Compare with the live WebhookAutomation of this name in Kubernetes (namespace from
+    /// --namespace, POD_NAMESPACE or the kubeconfig; credentials in-cluster or from the
+    /// kubeconfig).
+    #[arg(long, value_name = "NAME")]
+    kube: Option<String>,
+    /// Namespace of the --kube resource.
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Read the recorded decisions from a running deskhook's /webhook/decisions, on its
+    /// webhook listener, e.g. http://localhost:5000 (admin token in DESKHOOK_ADMIN_TOKEN).
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Read the recorded decisions from Redis (DESKHOOK_REDIS_URL).
+    #[arg(long)]
+    redis: bool,
+    /// Prefix of deskhook's Redis keys (spec.queue.redis.keyPrefix).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "deskhook",
+        requires = "redis"
+    )]
+    key_prefix: String,
+    /// Read the recorded decisions from archive files (a directory written by
+    /// `serve --archive`, or one file).
+    #[arg(long, value_name = "PATH")]
+    archive: Option<PathBuf>,
+    /// Only decisions made within this long, e.g. 7d, 12h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// Only the newest this many decisions.
+    #[arg(long, value_name = "COUNT")]
+    limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: BacktestFormat,
+    /// Fail (exit 3) when more decisions would change than this count (12) or share (5%).
+    #[arg(long, value_name = "COUNT|PERCENT")]
+    max_changed: Option<MaxChanged>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BacktestFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Args)]
@@ -135,6 +201,17 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "auto", env = "DESKHOOK_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Also append each decision with its facts to rotated JSONL files in this directory,
+    /// for `deskhook backtest --archive`. The files hold customer data.
+    #[arg(long, value_name = "DIR", env = "DESKHOOK_ARCHIVE_DIR")]
+    archive: Option<PathBuf>,
+    /// Size of an archive file before it is rotated, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "archive",
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    archive_file_mib: u64,
+    /// Rotated archive files kept besides the current one.
+    #[arg(long, value_name = "COUNT", default_value_t = 20, requires = "archive")]
+    archive_files: usize,
     #[command(flatten)]
     trust: TrustArgs,
 }
@@ -227,6 +304,11 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("failed to start the async runtime")?
             .block_on(queue(args)),
+        Command::Backtest(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the async runtime")?
+            .block_on(backtest(args)),
         Command::Serve(args) => {
             let telemetry = telemetry::init(args.log_format);
             let outcome = tokio::runtime::Builder::new_multi_thread()
@@ -337,7 +419,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             dead_letter_max,
         }),
     };
-    let running = server::start(options, settings).await?;
+    let running = match args.archive {
+        Some(dir) => {
+            let limits = ArchiveLimits {
+                max_file_bytes: args.archive_file_mib * 1024 * 1024,
+                max_files: args.archive_files,
+            };
+            let archive = DecisionArchive::open(&dir, limits)?;
+            server::start_archived(options, settings, archive).await?
+        }
+        None => server::start(options, settings).await?,
+    };
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -426,6 +518,59 @@ async fn queue(args: QueueArgs) -> anyhow::Result<()> {
                 bail!("no such dead letter");
             }
         }
+    }
+    Ok(())
+}
+
+async fn backtest(args: BacktestArgs) -> anyhow::Result<()> {
+    let source = match (args.api, args.redis, args.archive) {
+        (Some(url), _, _) => Source::Admin {
+            url,
+            token: env("DESKHOOK_ADMIN_TOKEN")
+                .map(Secret::new)
+                .context("DESKHOOK_ADMIN_TOKEN is not set")?,
+        },
+        (None, true, _) => Source::Redis {
+            url: env(REDIS_URL_VAR)
+                .map(Secret::new)
+                .with_context(|| format!("{REDIS_URL_VAR} is not set"))?,
+            key_prefix: args.key_prefix,
+        },
+        (None, false, Some(path)) => Source::Archive(path),
+        (None, false, None) => bail!("give --api, --redis or --archive"),
+    };
+    let backtest = Backtest {
+        source,
+        settings: args.settings,
+        baseline: match (args.baseline, args.kube) {
+            (Some(path), _) => Baseline::File(path),
+            (None, Some(name)) => Baseline::Kube {
+                name,
+                namespace: args.namespace,
+            },
+            (None, None) => Baseline::Recorded,
+        },
+        since: args.since,
+        limit: args.limit,
+        format: match args.format {
+            BacktestFormat::Table => Format::Table,
+            BacktestFormat::Json => Format::Json,
+            BacktestFormat::Csv => Format::Csv,
+        },
+        max_changed: args.max_changed,
+    };
+    let finding = backtest.run().await?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(finding.output.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("failed to write the backtest")?;
+    if finding.too_many_changed {
+        eprintln!(
+            "{} of {} decisions would change: more than --max-changed",
+            finding.comparison.changed, finding.comparison.compared
+        );
+        std::process::exit(3);
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::archive::DecisionArchive;
 use crate::config::{
     self, InvalidSettings, Secret, Settings, SettingsHandle, SettingsSource, WatchedSecrets,
 };
@@ -235,7 +236,23 @@ fn install_crypto_providers() {
 /// Starts listeners, workers and watchers with `settings` in force, running the automation
 /// workflow against Zoho when credentials are given, offline otherwise.
 pub async fn start(options: ServeOptions, settings: Settings) -> Result<RunningServer, ServeError> {
-    launch(options, settings, None, Arc::new(Metrics::new())).await
+    launch(options, settings, None, Arc::new(Metrics::new()), None).await
+}
+
+/// [`start`], also appending each decision with its facts to `archive`.
+pub async fn start_archived(
+    options: ServeOptions,
+    settings: Settings,
+    archive: DecisionArchive,
+) -> Result<RunningServer, ServeError> {
+    launch(
+        options,
+        settings,
+        None,
+        Arc::new(Metrics::new()),
+        Some(archive),
+    )
+    .await
 }
 
 /// [`start`] with a given workflow.
@@ -244,7 +261,14 @@ pub async fn start_with(
     settings: Settings,
     workflow: Arc<dyn Workflow>,
 ) -> Result<RunningServer, ServeError> {
-    launch(options, settings, Some(workflow), Arc::new(Metrics::new())).await
+    launch(
+        options,
+        settings,
+        Some(workflow),
+        Arc::new(Metrics::new()),
+        None,
+    )
+    .await
 }
 
 /// The automation workflow, with Zoho clients when credentials are configured; with Redis,
@@ -300,6 +324,7 @@ async fn launch(
     settings: Settings,
     workflow: Option<Arc<dyn Workflow>>,
     metrics: Arc<Metrics>,
+    archive: Option<DecisionArchive>,
 ) -> Result<RunningServer, ServeError> {
     let started = Instant::now();
     check_admin_access(&options)?;
@@ -396,7 +421,13 @@ async fn launch(
             options.decisions_retained,
         ));
     }
+    if let Some(archive) = archive {
+        decisions = decisions.with_archive(archive);
+    }
     let decisions = Arc::new(decisions);
+    if let Some(kube) = &kube {
+        kube.attach_decisions(decisions.clone());
+    }
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState::new(Shared {
         settings: settings_handle.clone(),

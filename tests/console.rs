@@ -763,3 +763,101 @@ async fn the_console_keeps_the_configured_number_of_decisions() {
     assert_eq!(page(&server, "/console/decisions/2").await.status, 404);
     assert_eq!(reports.len(), 6);
 }
+
+/// The hidden form token of a console page.
+fn form_token(html: &str) -> String {
+    let start = html
+        .find("name=\"token\" value=\"")
+        .expect("the page carries a form token")
+        + "name=\"token\" value=\"".len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_backtest_page_compares_pasted_settings_and_refuses_a_forged_post() {
+    let (server, _fake, reports) = filled(Intake::new().admin_token(ADMIN_TOKEN)).await;
+    let client = no_redirects();
+    let signed_in = client
+        .post(server.admin_url("/console/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("answered");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = server.admin_url("/console/backtest");
+    let form = fetch(&client, &url, Some(&cookie)).await;
+    assert_eq!(form.status, 200);
+    assert!(
+        form.body.contains("name: facturation"),
+        "the form starts from the live settings"
+    );
+    let token = form_token(&form.body);
+
+    // Billing tickets now go to Contact.
+    let mut edited = review::spec();
+    let billing = edited
+        .routing
+        .iter_mut()
+        .find(|rule| rule.name == "facturation")
+        .unwrap();
+    billing.then.department = Some("Contact".into());
+    let yaml = serde_yaml::to_string(&edited).unwrap();
+    let billed = reports
+        .iter()
+        .filter(|r| r.intent.as_ref().and_then(|i| i.rule.as_deref()) == Some("facturation"))
+        .count();
+    assert!(billed > 0);
+
+    let post = |token: String, cookie: Option<String>, yaml: String| {
+        let mut request = client.post(&url).form(&[("yaml", yaml), ("token", token)]);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        async move {
+            let answer = request.send().await.expect("answered");
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        }
+    };
+    let recorded = reports.iter().filter(|r| r.facts.is_some()).count();
+    assert!(
+        recorded + 1 >= reports.len(),
+        "every run that read its ticket kept its facts"
+    );
+    let (status, body) = post(token.clone(), Some(cookie.clone()), yaml.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!(
+            "<span id=\"backtest-changed\">{billed}</span> of {recorded} recent decisions"
+        )),
+        "{body}"
+    );
+    assert!(body.contains("<td>department</td>"), "{body}");
+    assert!(body.contains("FACTURATION"), "{body}");
+
+    // A post without the page's token, or with another session's, computes nothing.
+    let altered = format!(
+        "{}{}",
+        if token.starts_with('0') { "1" } else { "0" },
+        &token[1..]
+    );
+    for forged in [String::new(), "00".repeat(32), altered] {
+        let (status, body) = post(forged, Some(cookie.clone()), yaml.clone()).await;
+        assert_eq!(status, 403);
+        assert!(body.contains("This form is stale"), "{body}");
+        assert!(!body.contains("backtest-result"), "{body}");
+    }
+    // Without a session the console asks to sign in, whatever the token.
+    let (status, _) = post(token.clone(), None, yaml.clone()).await;
+    assert_eq!(status, 303);
+
+    // Settings that cannot be used say why.
+    let (status, body) = post(token, Some(cookie), "routing: [{nom: x}]".into()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("failed to read the settings"), "{body}");
+}

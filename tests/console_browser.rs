@@ -226,6 +226,45 @@ impl Browser {
         .await;
     }
 
+    /// Replaces a field's text at once, as a paste does: typing a whole document key by key
+    /// takes longer than a loaded machine allows one WebDriver call.
+    async fn paste(&self, css: &str, text: &str) {
+        self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "document.querySelector(arguments[0]).value = arguments[1];",
+                "args": [css, text],
+            })),
+        )
+        .await;
+    }
+
+    /// Waits until `css` matches an element and the page has finished loading: a form that
+    /// posts back to its own address changes no URL to wait on.
+    async fn wait_for(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
+        loop {
+            let loaded = self
+                .call(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    Some(json!({"script": "return document.readyState", "args": []})),
+                )
+                .await
+                == "complete";
+            if loaded && !self.find_all(css).await.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing matched {css} in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn text(&self, css: &str) -> String {
         let element = self.find(css).await;
         self.call(
@@ -291,12 +330,18 @@ impl Drop for Browser {
     }
 }
 
+/// Chromium and chromedriver for `test`, or `None` (with a visible message) outside CI when
+/// they are missing.
+fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let chromium = tools::require(test, &["chromium", "chromium-browser"], "chromium");
+    let chromedriver = tools::require(test, &["chromedriver"], "chromium-driver");
+    Some((chromium?, chromedriver?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_real_browser() {
-    const TEST: &str = "the_console_works_in_a_real_browser";
-    let chromium = tools::require(TEST, &["chromium", "chromium-browser"], "chromium");
-    let chromedriver = tools::require(TEST, &["chromedriver"], "chromium-driver");
-    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
+    let Some((chromium, chromedriver)) = browser_programs("the_console_works_in_a_real_browser")
+    else {
         return;
     };
 
@@ -377,4 +422,69 @@ async fn the_console_works_in_a_real_browser() {
     assert!(rules.contains("refus-cma yes"), "{rules}");
     browser.resize(1440, 1900).await;
     browser.screenshot("console-decision.png").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backtest_page_shows_a_pasted_edit_ticket_by_ticket() {
+    let Some((chromium, chromedriver)) =
+        browser_programs("the_backtest_page_shows_a_pasted_edit_ticket_by_ticket")
+    else {
+        return;
+    };
+    let fake = review::seeded_fake().await;
+    let reports = review::run_cases(&fake).await;
+    let server = Intake::new()
+        .admin_token(ADMIN_TOKEN)
+        .spec(|s| *s = review::spec())
+        .start()
+        .await;
+    for report in &reports {
+        server.running.state.decisions.push(report.clone());
+    }
+    // The billing acknowledgement gets a second sentence.
+    let mut edited = review::spec();
+    let template = edited
+        .replies
+        .templates
+        .get_mut("accuse-facturation")
+        .expect("the reference configuration has a billing reply");
+    let first_line = template.lines().next().unwrap().to_owned();
+    *template = template.replacen(
+        &first_line,
+        &format!("{first_line}\nVotre demande est prioritaire."),
+        1,
+    );
+    let yaml = serde_yaml::to_string(&edited).unwrap();
+    let billed = reports
+        .iter()
+        .filter(|r| {
+            r.intent
+                .as_ref()
+                .and_then(|i| i.reply.as_ref())
+                .is_some_and(|reply| reply.template == "accuse-facturation")
+        })
+        .count();
+    assert!(billed > 0);
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.go(&server.admin_url("/console/login")).await;
+    browser.type_into("input[name=token]", ADMIN_TOKEN).await;
+    browser
+        .click_to_navigate("form[action='/console/login'] button")
+        .await;
+    browser
+        .click_to_navigate("nav a[href='/console/backtest']")
+        .await;
+    assert!(browser.current_url().await.ends_with("/console/backtest"));
+    browser.paste("textarea[name=yaml]", &yaml).await;
+    browser.click("#backtest-run").await;
+    browser.wait_for("#backtest-result").await;
+    assert_eq!(browser.text("#backtest-changed").await, billed.to_string());
+    let added = browser.find_all("pre.diff span.add").await;
+    assert_eq!(added.len(), billed, "one added line per changed reply");
+    let diff = browser.text("pre.diff").await;
+    assert!(diff.contains("+Votre demande est prioritaire."), "{diff}");
+    assert!(browser.find_all("tr.change-department").await.is_empty());
+    browser.resize(1440, 1400).await;
+    browser.screenshot("console-backtest.png").await;
 }

@@ -18,7 +18,7 @@ pub use routing::{
     DealPreference, FieldCondition, LinkingSpec, LlmSpec, RepliesSpec, RoutingRule, RuleConditions,
     RuleOutcome, TextCondition,
 };
-pub use status::{ConditionStatus, WebhookAutomationStatus, crd_yaml};
+pub use status::{ConditionStatus, LastChange, WebhookAutomationStatus, crd_yaml};
 
 /// API group of the resource.
 pub const GROUP: &str = "deskhook.dev";
@@ -69,6 +69,7 @@ pub struct WebhookAutomationDocument {
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Every pod runs the current generation"}"#,
     printcolumn = r#"{"name": "Updated", "type": "integer", "jsonPath": ".status.updatedPods", "description": "Pods running the generation in force"}"#,
     printcolumn = r#"{"name": "Pods", "type": "integer", "jsonPath": ".status.pods", "description": "Pods reporting"}"#,
+    printcolumn = r#"{"name": "Changed", "type": "integer", "jsonPath": ".status.lastChange.changed", "description": "Recent tickets the latest routing, reply or linking edit decides differently"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -41,6 +41,29 @@ pub struct WebhookAutomationStatus {
     /// failures or workflow errors above its threshold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What the latest edit of routing, replies or linking would have changed on recent
+    /// tickets, replayed from their recorded facts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<LastChange>,
+}
+
+/// A backtest of an edit on the recent decisions: how many would come out differently.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastChange {
+    /// The generation that made the edit.
+    pub generation: i64,
+    /// Recent decisions, made under earlier generations, replayed under this one.
+    pub compared: i32,
+    /// Of those, the decisions that would come out differently.
+    pub changed: i32,
+    /// Decisions with at least one change of each kind (`department`, `rule`, `reply`,
+    /// `status`, `deal`, `deal_updates`, `note`, `skipped`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_kind: std::collections::BTreeMap<String, i32>,
+    /// Digest of the settings that decide (departments, linking, routing, replies), so an
+    /// edit of anything else (flags, limits) is not mistaken for one of these.
+    pub settings_digest: String,
 }
 
 /// Values of a condition's `status`.

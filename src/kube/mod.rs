@@ -11,7 +11,9 @@
 //!   settings generation it runs and whether its data plane is healthy in two annotations.
 //! - **status** ([`status::StatusWriter`]): pods elect one status writer through a
 //!   `coordination.k8s.io` Lease ([`lease::LeaderElector`]). The writer lists the pods' Leases,
-//!   writes the resource's status, and records every flag change as one Kubernetes Event.
+//!   writes the resource's status, and records every flag change as one Kubernetes Event. An
+//!   edit of what decides (routing, replies, linking) is backtested on the retained decisions
+//!   ([`impact`]) into `status.lastChange` and a `RoutingChanged` Event.
 //!
 //! Why Leases for the pods' reports: a Lease is the object Kubernetes itself uses for
 //! heartbeats (node leases), it carries a renew time so a dead pod ages out without anyone
@@ -25,6 +27,7 @@
 
 mod events;
 mod health;
+mod impact;
 mod lease;
 mod resource;
 mod status;
@@ -39,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Settings, SettingsHandle};
 use crate::crd::WebhookAutomationSpec;
+use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
 
 pub use events::{FlagChange, flag_changes};
@@ -143,6 +147,29 @@ pub enum KubeError {
     },
     #[error("failed to list WebhookAutomation {key} within {seconds} s of start-up")]
     FirstList { key: String, seconds: u64 },
+    #[error("WebhookAutomation {key} does not exist")]
+    Missing { key: String },
+    #[error("WebhookAutomation {key} holds invalid settings: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The settings of the `WebhookAutomation` named `name` as it stands now, read once with the
+/// in-cluster or kubeconfig credentials (namespace: `namespace`, else the kubeconfig's).
+pub async fn live_settings(name: &str, namespace: Option<&str>) -> Result<Settings, KubeError> {
+    let client = Client::try_default().await.map_err(KubeError::Client)?;
+    let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+    let key = format!("{namespace}/{name}");
+    let object = automation_api(client, &namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| KubeError::Preflight {
+            key: key.clone(),
+            source,
+        })?
+        .ok_or_else(|| KubeError::Missing { key: key.clone() })?;
+    resource::Observed::read(&object, &key)
+        .settings
+        .map_err(|message| KubeError::Invalid { key, message })
 }
 
 /// Settings before the first list: every writing flag off. The seed's flag variables are
@@ -166,11 +193,18 @@ pub fn initial_settings(lookup: impl Fn(&str) -> Option<String>) -> Settings {
 /// The running Kubernetes tasks of this pod.
 pub struct KubeRuntime {
     stop: channel::Sender<bool>,
+    decisions: impact::DecisionSlot,
     tasks: Vec<JoinHandle<()>>,
     watcher: JoinHandle<()>,
 }
 
 impl KubeRuntime {
+    /// Hands the decision log to the status writer, which backtests each edit of routing,
+    /// replies or linking on it.
+    pub fn attach_decisions(&self, log: Arc<DecisionLog>) {
+        self.decisions.attach(log);
+    }
+
     /// Hands the status-writer Lease over, withdraws this pod's report and stops watching.
     /// Bounded: a slow API server cannot hold the shutdown up for more than a few seconds.
     pub async fn shutdown(self) {
@@ -252,7 +286,9 @@ pub async fn start_with_client(
         settings.clone(),
         metrics.clone(),
     );
-    let writer = StatusWriter::new(client, &namespace, &options, kube_metrics);
+    let decisions = impact::DecisionSlot::default();
+    let writer = StatusWriter::new(client, &namespace, &options, kube_metrics)
+        .with_decisions(decisions.clone());
     let elector = LeaderElector::new(
         lease::leases_api(writer.client(), &namespace),
         lease::leader_lease_name(&options.resource),
@@ -272,6 +308,7 @@ pub async fn start_with_client(
     ];
     Ok(KubeRuntime {
         stop,
+        decisions,
         tasks,
         watcher,
     })

@@ -18,13 +18,14 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::events::{self, Record, flag_changes};
+use super::impact::{self, DecisionSlot};
 use super::lease::{self, LeaderElector, MemberReport};
 use super::resource::{Observed, automation_api};
 use super::watch::KubeMetrics;
 use super::{KubeOptions, MANAGER, Timings};
 use crate::config::Settings;
 use crate::config::security::{security_changes, security_settings};
-use crate::crd::{ConditionStatus, WebhookAutomationStatus};
+use crate::crd::{ConditionStatus, LastChange, WebhookAutomationStatus};
 
 /// The status the resource should carry now.
 pub fn desired_status(
@@ -136,6 +137,7 @@ pub fn desired_status(
             condition("Valid", valid),
             condition("Degraded", degraded),
         ],
+        last_change: previous.last_change.clone(),
     }
 }
 
@@ -151,6 +153,10 @@ pub struct StatusWriter {
     metrics: KubeMetrics,
     /// The last status written, with the `resourceVersion` it was computed from.
     written: Option<(String, WebhookAutomationStatus)>,
+    /// The retained decisions an edit is backtested on, once the server has them.
+    decisions: DecisionSlot,
+    /// The latest backtest, until the watch brings it back in the status.
+    last_change: Option<LastChange>,
 }
 
 impl StatusWriter {
@@ -170,7 +176,15 @@ impl StatusWriter {
             timings: options.timings,
             metrics,
             written: None,
+            decisions: DecisionSlot::default(),
+            last_change: None,
         }
+    }
+
+    /// Backtests every edit of what decides on the decisions of `slot`.
+    pub fn with_decisions(mut self, slot: DecisionSlot) -> Self {
+        self.decisions = slot;
+        self
     }
 
     pub fn client(&self) -> Client {
@@ -180,8 +194,11 @@ impl StatusWriter {
     /// Brings the resource's status and events up to date with `observed`.
     pub async fn sync(&mut self, observed: &Observed) -> Result<(), kube::Error> {
         let members = lease::member_reports(&self.leases, &self.resource, &self.timings).await?;
-        let status = desired_status(observed, &members, Timestamp::now());
+        let mut status = desired_status(observed, &members, Timestamp::now());
         self.record_events(observed, &status).await?;
+        if let Some(change) = self.impact(observed).await? {
+            status.last_change = Some(change);
+        }
 
         // Until the watch delivers this pod's own write back, `observed` still shows the status
         // from before it: comparing with that would write the same status again.
@@ -208,6 +225,39 @@ impl StatusWriter {
         );
         self.written = Some((observed.resource_version.clone(), status));
         Ok(())
+    }
+
+    /// The backtest of the generation observed, when it changes what decides and was not
+    /// backtested yet; its Event is recorded first, as flag events are.
+    async fn impact(&mut self, observed: &Observed) -> Result<Option<LastChange>, kube::Error> {
+        let (Ok(settings), Some(log)) = (&observed.settings, self.decisions.get()) else {
+            return Ok(None);
+        };
+        let digest = crate::backtest::decision_digest(settings);
+        let known = |change: &Option<LastChange>| {
+            change.as_ref().is_some_and(|c| c.settings_digest == digest)
+        };
+        if known(&observed.status.last_change) {
+            return Ok(None);
+        }
+        if !known(&self.last_change) {
+            let change = impact::last_change(log, settings, observed.generation).await;
+            if let Some(record) = impact::record(&change)
+                && events::publish(&self.events, observed, &record, &self.pod).await?
+            {
+                tracing::info!(
+                    resource = %observed.name,
+                    generation = observed.generation,
+                    reason = record.reason,
+                    compared = change.compared,
+                    changed = change.changed,
+                    note = %record.note,
+                    "settings edit backtested on recent decisions"
+                );
+            }
+            self.last_change = Some(change);
+        }
+        Ok(self.last_change.clone())
     }
 
     async fn record_events(

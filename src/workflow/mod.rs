@@ -2,13 +2,28 @@
 //!
 //! Workers hand each job and the settings snapshot of its start to a [`Workflow`], which
 //! returns a [`DecisionReport`]: what it decided, and what each step did or why it did not.
+//!
+//! A run has three parts, so that a decision can be replayed without any I/O:
+//! - **facts** ([`facts`], or the event alone without Zoho credentials): what was read, the
+//!   ticket's fields, the latest customer message without its quoted history, the candidate
+//!   deals, the event;
+//! - **plan** ([`plan::plan`]): a pure function of the facts and the settings giving the
+//!   matching rule with every rule's verdict, the target department, the rendered reply, the
+//!   status, the deal updates, the note and whether each write is needed;
+//! - **execute** ([`automation`]): flags, the step ledger and the Zoho calls, in a fixed order,
+//!   plus the language model's rewrite of a reply, which is I/O.
+//!
+//! The facts and the plan's [`plan::Intent`] are kept with each report; `deskhook backtest`
+//! replays the facts under other settings.
 
 pub mod automation;
 pub mod connection;
 pub mod echo;
+pub mod facts;
 pub mod ledger;
 pub mod linking;
 mod offline;
+pub mod plan;
 pub mod reply;
 pub mod report;
 pub mod rules;

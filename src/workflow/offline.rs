@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::automation::Facts;
+use super::facts::Facts;
 use super::linking::{self, Message};
 use super::text;
 use crate::config::Settings;
@@ -76,6 +76,8 @@ pub(super) fn facts_from_event(event: &TicketEvent, settings: &Settings) -> Fact
     let email = text_of(payload.email);
     let staff = &settings.spec.linking.staff_domains;
     Facts {
+        ticket_id: event.ticket_id.clone(),
+        event_type: event.event_type.clone(),
         customer_email: linking::customer_email(Some(&message), email.as_deref(), staff),
         message: text::strip_quoted(&body),
         subject: text_of(payload.subject).unwrap_or_default(),
@@ -92,6 +94,7 @@ pub(super) fn facts_from_event(event: &TicketEvent, settings: &Settings) -> Fact
             _ => None,
         }),
         web_url: text_of(payload.web_url),
+        ..Facts::default()
     }
 }
 

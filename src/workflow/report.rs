@@ -4,7 +4,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::facts::Facts;
 use super::linking::LinkStrategy;
+use super::plan::Intent;
 use super::rules::RoutingDecision;
 use crate::config::Settings;
 use crate::crd::AutomationFlags;
@@ -99,6 +101,13 @@ pub struct DecisionReport {
     /// The reply exactly as it would be (or was) sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplySummary>,
+    /// What was read before deciding, bounded: a backtest replays it under other settings.
+    /// Customer data, like the subject and the reply: shown only where reports are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Facts>,
+    /// What the plan intended under this run's settings, before flags and effects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
     /// Why the whole run was skipped (other department, echo of our own write, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -136,6 +145,8 @@ impl DecisionReport {
             deal: None,
             link_strategy: None,
             reply: None,
+            facts: None,
+            intent: None,
             skipped: None,
             offline: false,
             flags: *settings.flags(),

@@ -61,21 +61,26 @@ class Pod:
         return {key: f"{name}-value-0123456789" for name, key in keys.items() if key}
 
     def _write_mounts(self) -> dict[str, Path]:
-        """Container mount path → local directory holding the Secret's items."""
+        """Container mount path → local directory holding the Secret's items (or, for a
+        writable volume, an empty directory)."""
         mounts = {}
         by_name = {v["name"]: v for v in self.spec.get("volumes", [])}
         for mount in self.container.get("volumeMounts", []):
             volume = by_name[mount["name"]]
             local = self.workdir / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
+            mounts[mount["mountPath"]] = local
+            if "secret" not in volume:
+                continue
             for item in volume["secret"]["items"]:
                 assert item["key"] in self.secret, f"the Secret has no key {item['key']}"
                 (local / item["path"]).write_text(self.secret[item["key"]])
-            mounts[mount["mountPath"]] = local
         return mounts
 
     def _local(self, value: str) -> str:
         for mount_path, local in self.mounts.items():
+            if value == mount_path:
+                return str(local)
             if value.startswith(mount_path + "/"):
                 return str(local / value[len(mount_path) + 1:])
         return value

@@ -324,6 +324,22 @@ def test_credentials_given_as_values_are_mounted_from_the_chart_secret(rendered_
         assert value not in resource_text
 
 
+def test_the_decision_archive_is_off_by_default_and_mounted_when_on(rendered_sets):
+    assert "--archive" not in container(rendered_sets["defaults"])["args"]
+    documents = rendered_sets["everything-on"]
+    args = container(documents)["args"]
+    assert arg_value(args, "--archive") == "/var/lib/deskhook/archive"
+    assert arg_value(args, "--archive-file-mib") == "32"
+    assert arg_value(args, "--archive-files") == "20"
+    mounts = {m["name"]: m for m in container(documents)["volumeMounts"]}
+    assert mounts["archive"]["mountPath"] == "/var/lib/deskhook/archive"
+    assert not mounts["archive"].get("readOnly")
+    assert "credentials" in mounts, "the credentials stay mounted beside it"
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["archive"]["persistentVolumeClaim"]["claimName"] == "deskhook-archive"
+
+
 def test_an_existing_secret_is_used_as_declared(rendered_sets):
     documents = rendered_sets["existing-secret"]
     assert "Secret" not in kinds(documents)

@@ -1,6 +1,7 @@
 //! The review console: a small server-rendered site on the admin listener for the support
 //! staff who watch a rollout. It shows the rollout flags and what each write did lately, the
-//! recent decisions (filterable, paged, exportable) and each decision in full.
+//! recent decisions (filterable, paged, exportable), each decision in full, and a backtest of
+//! an edited settings document on the recent decisions.
 //!
 //! Why it looks like this:
 //! - It is mounted only on the admin router, never on the public webhook router, so customer
@@ -12,6 +13,7 @@
 //!   listener, so a strict `Content-Security-Policy` holds and the console works offline.
 //! - Access follows the admin token (see [`session`]).
 
+mod backtest;
 mod export;
 mod session;
 mod view;
@@ -53,6 +55,14 @@ pub fn routes() -> Router<AppState> {
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/style.css", get(stylesheet))
+        .route(
+            "/console/backtest",
+            get(backtest::page)
+                .post(backtest::run)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    backtest::MAX_YAML_BYTES,
+                )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_LOGIN_BYTES))
         .layer(middleware::from_fn(security_headers))
 }
@@ -84,6 +94,7 @@ fn templates() -> &'static Environment<'static> {
             ("decision.html", include_str!("templates/decision.html")),
             ("login.html", include_str!("templates/login.html")),
             ("not_found.html", include_str!("templates/not_found.html")),
+            ("backtest.html", include_str!("templates/backtest.html")),
         ] {
             // A template that does not parse is reported when it is rendered.
             if let Err(error) = env.add_template(name, source) {

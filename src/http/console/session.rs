@@ -10,11 +10,12 @@
 //! `--console-open`, which it accepts only on a loopback admin listener: an open console is for
 //! a laptop, never for a pod that other pods can reach.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Secret, SecretList};
 
@@ -137,6 +138,57 @@ pub fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict")
 }
 
+/// A key of this process only, for form tokens: a page rendered before a restart needs a
+/// reload, which is a small price for a key that is never stored.
+fn form_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        if let Err(error) = getrandom::fill(&mut key) {
+            // Without system randomness the key still differs per process and is unknown
+            // to other sites; it is only weaker against someone who can read this process.
+            tracing::warn!(%error, "no system randomness for the console's form key");
+            let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+            key.copy_from_slice(&Sha256::digest(seed.as_bytes()));
+        }
+        key
+    })
+}
+
+/// The token a console form carries to prove it was rendered by this console for this
+/// session: a MAC of the session cookie (of `open` without a token), which another site can
+/// neither read nor compute, so a forged cross-site POST is refused.
+pub fn form_token(headers: &HeaderMap) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(form_key())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"deskhook console form v1:");
+    mac.update(session_cookie(headers).unwrap_or("open").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Whether `presented` is this session's form token (compared in constant time).
+pub fn form_token_valid(headers: &HeaderMap, presented: &str) -> bool {
+    let Ok(presented) = hex::decode(presented.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(form_key())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"deskhook console form v1:");
+    mac.update(session_cookie(headers).unwrap_or("open").as_bytes());
+    mac.verify_slice(&presented).is_ok()
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +204,25 @@ mod tests {
         assert!(!session_valid(std::slice::from_ref(&token), &value, later));
         let rotated = Secret::new("another-token");
         assert!(!session_valid(&[rotated], &value, now));
+    }
+
+    #[test]
+    fn a_form_token_holds_only_for_its_own_session() {
+        let session = |value: &str| {
+            let mut headers = HeaderMap::new();
+            let cookie = format!("other=1; {COOKIE}={value}");
+            headers.insert(header::COOKIE, cookie.parse().unwrap());
+            headers
+        };
+        let mine = session("100.aa");
+        let token = form_token(&mine);
+        assert!(form_token_valid(&mine, &token));
+        assert!(!form_token_valid(&session("100.bb"), &token));
+        assert!(!form_token_valid(&HeaderMap::new(), &token));
+        assert!(!form_token_valid(&mine, ""));
+        assert!(!form_token_valid(&mine, "not hex"));
+        let open = HeaderMap::new();
+        assert!(form_token_valid(&open, &form_token(&open)));
     }
 
     #[test]
