@@ -49,6 +49,10 @@ impl ZohoMetrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(token_refreshes.clone()))?;
+        // At 0 from the start, so the first rejected refresh after a restart is alerted on.
+        for result in RefreshResult::ALL {
+            token_refreshes.with_label_values(&[result.as_str()]);
+        }
         Ok(Self {
             requests,
             duration,
@@ -90,6 +94,14 @@ pub(crate) enum RefreshResult {
 }
 
 impl RefreshResult {
+    const ALL: [Self; 5] = [
+        Self::Success,
+        Self::Throttled,
+        Self::Rejected,
+        Self::Error,
+        Self::Limited,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             RefreshResult::Success => "success",
