@@ -219,7 +219,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let zoho = ZohoAccess::from_env(env)?;
     let options = ServeOptions {
         zoho,
-        llm_api_key: env("DESKHOOK_LLM_API_KEY").map(Secret::new),
+        llm_api_key: llm_api_key()?,
         listen,
         metrics_listen: args.metrics_listen,
         config: args.config,
@@ -244,6 +244,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     running.wait().await;
     Ok(())
+}
+
+/// The language model's key: `DESKHOOK_LLM_API_KEY`, else the file `DESKHOOK_LLM_API_KEY_FILE`
+/// names (a mounted Secret, so the key stays out of the pod's environment).
+fn llm_api_key() -> anyhow::Result<Option<Secret>> {
+    if let Some(key) = env("DESKHOOK_LLM_API_KEY") {
+        return Ok(Some(Secret::new(key)));
+    }
+    let Some(path) = env("DESKHOOK_LLM_API_KEY_FILE") else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read DESKHOOK_LLM_API_KEY_FILE {path}"))?;
+    Ok(Some(text.trim().to_owned())
+        .filter(|key| !key.is_empty())
+        .map(Secret::new))
 }
 
 /// Where the resource is and who this pod is, from the downward API's variables.
