@@ -14,6 +14,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import render as chart  # noqa: E402
+from services import RedisServer  # noqa: E402
 
 # The value sets every rendering check runs with (tests/chart/values/<name>.yaml).
 VALUE_SETS = ["defaults", "everything-on", "existing-secret", "ingress-cert-manager",
@@ -84,3 +85,17 @@ def crd(deskhook_bin) -> dict[str, Any]:
             f"(exit {generated.returncode}): {generated.stderr.strip()[:500]}"
         )
     return yaml.safe_load(generated.stdout)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Redis for the value sets whose queue is on Redis."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def external_secrets(redis_server) -> dict[str, dict[str, str]]:
+    """The Secrets the value sets name but the chart does not create, as their owners would."""
+    return {"deskhook-redis-url": {"redis-url": redis_server.url}}

@@ -72,8 +72,8 @@ def test_chart_default_ports_are_the_binary_defaults(serve_help):
 
 
 @pytest.fixture
-def pod(deskhook_bin, tmp_path, request):
-    running = Pod(deskhook_bin, request.param, tmp_path).start()
+def pod(deskhook_bin, tmp_path, request, external_secrets):
+    running = Pod(deskhook_bin, request.param, tmp_path, external=external_secrets).start()
     yield running
     running.stop()
 
@@ -123,11 +123,12 @@ def test_pod_drains_within_the_termination_grace_period(pod):
 
 
 @pytest.mark.parametrize("value_set", RUNNABLE)
-def test_pod_in_kube_mode_gets_as_far_as_the_api_server(deskhook_bin, tmp_path, value_set):
+def test_pod_in_kube_mode_gets_as_far_as_the_api_server(deskhook_bin, tmp_path, value_set,
+                                                        external_secrets):
     """With the Deployment's own command line, `--kube` included, and no cluster to talk to,
     the only thing left to fail is the Kubernetes client: arguments, credentials and settings
     must all have been accepted before it."""
-    pod = Pod(deskhook_bin, value_set, tmp_path)
+    pod = Pod(deskhook_bin, value_set, tmp_path, external=external_secrets)
     env = {**pod.env, "HOME": str(tmp_path)}  # no kubeconfig, no in-cluster variables
     result = subprocess.run(pod.kube_argv(), env=env, capture_output=True, text=True, timeout=60,
                             stdin=subprocess.DEVNULL)
