@@ -661,7 +661,7 @@ def test_dashboard_is_shipped_for_the_grafana_sidecar(rendered_sets):
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Deliveries by outcome", "Events by status", "Workflow runs by result",
             "Workflow errors by step", "Flags in force per pod", "Queue depth per pod",
-            "Zoho request latency"} <= titles
+            "Zoho request latency", "Dead letters", "Redis reachable and leases lost"} <= titles
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}"
