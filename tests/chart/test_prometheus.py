@@ -5,7 +5,8 @@ whole chain: the metrics deskhook really exports, the rules as the chart renders
 `for` scaled down by `prometheusRule.forScalePercent`), Prometheus evaluating them every second.
 Clean traffic first, which must leave every alert quiet; then each condition is caused for real
 (bad signatures, broken JSON, events without ticket id, a failing step against the Zoho stand-in,
-a dead letter, a full queue, Redis stopped) and its alert must fire.
+a dead letter, a full queue, a refused settings edit, Redis stopped, no pod left) and its alert
+must fire.
 """
 
 from __future__ import annotations
@@ -217,5 +218,16 @@ def test_every_alert_fires_on_its_condition_and_none_on_clean_traffic(live):
     for name in ("DeskhookQueueNearlyFull", "DeskhookDeliveriesRefused", "DeskhookQueueBacklog"):
         prometheus.wait_for_firing(name)
 
+    # A resource edit the pod refuses (a flag that is not a boolean); the last good settings stay.
+    resource = pod.workdir / "webhookautomation.yaml"
+    broken_edit = yaml.safe_load(resource.read_text())
+    broken_edit["spec"]["automation"]["respond"] = "yes"
+    resource.write_text(yaml.safe_dump(broken_edit))
+    prometheus.wait_for_firing("DeskhookSettingsRejected")
+
     redis.stop()
     prometheus.wait_for_firing("DeskhookRedisUnreachable")
+
+    # No pod left to scrape.
+    pod.stop()
+    prometheus.wait_for_firing("DeskhookMetricsAbsent")
