@@ -90,6 +90,12 @@ def test_more_than_one_pod_on_the_memory_queue_is_refused(values, what):
     assert "redis.enabled=true" in message and "redis.urlSecret.name" in message
 
 
+def test_redis_with_a_memory_backend_says_how_to_switch():
+    with pytest.raises(helm.HelmRenderError) as refused:
+        chart.render({**REDIS, "webhookAutomation": {"spec": {"queue": {"backend": "memory"}}}})
+    assert "kubectl -n deskhook patch webhookautomation deskhook --type merge" in str(refused.value)
+
+
 def test_the_redis_backend_without_a_redis_is_refused():
     with pytest.raises(helm.HelmRenderError, match="needs a Redis"):
         chart.render({"webhookAutomation": {"spec": {"queue": {"backend": "redis"}}}})

@@ -111,7 +111,11 @@ shared queue needs a Redis URL.
 {{- fail "the Redis queue backend needs a Redis: set redis.enabled=true (the chart runs one) or redis.urlSecret.name (a Secret holding your Redis URL)" }}
 {{- end }}
 {{- if and (eq $backend "memory") (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
-{{- fail (printf "%s on the in-memory queue loses and duplicates events (each pod holds its own queue). Either set redis.enabled=true (the chart runs Redis) or redis.urlSecret.name (your Redis), which switches the queue to Redis; or run one pod (replicaCount=1, autoscaling.enabled=false)" (ternary "autoscaling" (printf "replicaCount=%v" .Values.replicaCount) .Values.autoscaling.enabled)) }}
+{{- $pods := ternary "autoscaling" (printf "replicaCount=%v" .Values.replicaCount) .Values.autoscaling.enabled }}
+{{- if $redis }}
+{{- fail (printf "%s needs the Redis queue, but spec.queue.backend is memory: drop it from the values, or switch the installed WebhookAutomation %s (which upgrades read): kubectl -n %s patch webhookautomation %s --type merge -p '{\"spec\":{\"queue\":{\"backend\":\"redis\"}}}'" $pods (include "deskhook.resourceName" .) (include "deskhook.namespace" .) (include "deskhook.resourceName" .)) }}
+{{- end }}
+{{- fail (printf "%s on the in-memory queue loses and duplicates events (each pod holds its own queue). Either set redis.enabled=true (the chart runs Redis) or redis.urlSecret.name (your Redis), which switches the queue to Redis; or run one pod (replicaCount=1, autoscaling.enabled=false)" $pods) }}
 {{- end }}
 {{- end }}
 
@@ -168,7 +172,7 @@ existing Secret.
 {{- join "," (concat $hosts .Values.admin.allowedHosts | uniq) }}
 {{- end }}
 
-{{/* Host and port of a URL as a dict (port from the scheme when absent), for egress rules. */}}
+{{/* The port a URL connects to (from the scheme when it names none), for egress rules. */}}
 {{- define "deskhook.urlPort" -}}
 {{- $u := urlParse . }}
 {{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" }}
