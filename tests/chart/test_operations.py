@@ -229,6 +229,28 @@ def test_overlapping_label_maps_render_each_key_once(rendered_sets):
     assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "support-pods"
 
 
+def test_common_labels_overlapping_every_label_the_chart_adds_render_each_key_once():
+    overlapping = {"release": "from-common", "app.kubernetes.io/component": "from-common",
+                   "grafana_dashboard": "0", "rbac.authorization.k8s.io/aggregate-to-view": "false",
+                   "rbac.authorization.k8s.io/aggregate-to-edit": "false"}
+    documents = valid(chart.render({
+        **REDIS, "commonLabels": overlapping, "monitoringCapabilityCheck": False,
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "dashboard": {"enabled": True}}))
+    labels = {(d.kind, d.name): d.obj["metadata"]["labels"] for d in documents}
+    # What the chart adds for a purpose wins over commonLabels.
+    assert labels[("ServiceMonitor", "deskhook")]["release"] == "kube-prometheus-stack"
+    assert labels[("PrometheusRule", "deskhook")]["release"] == "kube-prometheus-stack"
+    assert labels[("ConfigMap", "deskhook-dashboard")]["grafana_dashboard"] == "1"
+    assert labels[("Service", "deskhook-admin")]["app.kubernetes.io/component"] == "admin"
+    assert labels[("StatefulSet", "deskhook-redis")]["app.kubernetes.io/component"] == "queue"
+    view = labels[("ClusterRole", "deskhook-deskhook-view")]
+    assert view["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    edit = labels[("ClusterRole", "deskhook-deskhook-edit")]
+    assert edit["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+
+
 def test_pods_take_extra_volumes_containers_and_probes(rendered_sets):
     documents = rendered_sets["everything-on"]
     pod = one(documents, "Deployment")["spec"]["template"]["spec"]

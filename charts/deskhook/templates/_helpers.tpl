@@ -43,6 +43,11 @@ Labels as one map: commonLabels, then the chart's own over them, so each key app
 {{- toYaml (merge (include "deskhook.ownLabels" . | fromYaml) (deepCopy (.Values.commonLabels | default dict))) }}
 {{- end }}
 
+{{/* The labels with `.extra` over them (still one key each): `dict "root" $ "extra" (dict ...)`. */}}
+{{- define "deskhook.labelsWith" -}}
+{{- toYaml (merge (deepCopy .extra) (include "deskhook.labels" .root | fromYaml)) }}
+{{- end }}
+
 {{/* The pods' labels: podLabels over commonLabels, the chart's own (and the selector) over both. */}}
 {{- define "deskhook.podLabels" -}}
 {{- $extra := merge (deepCopy (.Values.podLabels | default dict)) (deepCopy (.Values.commonLabels | default dict)) }}
