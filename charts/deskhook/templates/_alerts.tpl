@@ -114,7 +114,7 @@ gauges and backlogs get a `for` as long as a transient (a rollout, a burst, a Zo
 # Zoho APIs.
 - alert: DeskhookZohoApiErrors
   expr: |-
-    sum by (namespace, api) (rate(deskhook_zoho_requests_total{ {{- $s -}} ,status=~"5..|error"}[10m]))
+    sum by (namespace, api) (rate(deskhook_zoho_request_failures_total{ {{- $s -}} ,kind=~"server_error|no_answer"}[10m]))
       / sum by (namespace, api) (rate(deskhook_zoho_requests_total{ {{- $s -}} }[10m]))
       > {{ $t.zohoErrorRatio }}
   for: 10m
@@ -122,7 +122,7 @@ gauges and backlogs get a `for` as long as a transient (a rollout, a burst, a Zo
   summary: Zoho API requests are failing
   description: {{`'{{ $value | humanizePercentage }} of Zoho {{ $labels.api }} requests from {{ $labels.namespace }} failed (5xx or no answer) over 10 minutes.'`}}
 - alert: DeskhookZohoThrottled
-  expr: sum by (namespace, api) (increase(deskhook_zoho_requests_total{ {{- $s -}} ,status="429"}[10m])) > 0
+  expr: sum by (namespace, api) (increase(deskhook_zoho_request_failures_total{ {{- $s -}} ,kind="throttled"}[10m])) > 0
   for: 5m
   severity: warning
   summary: Zoho throttles deskhook's API calls
