@@ -59,6 +59,10 @@ def test_an_upgrade_leaves_a_kubectl_edited_resource_alone():
     documents = valid(chart.render(unrelated, upgrade=True))
     assert "WebhookAutomation" not in kinds(documents)
     assert "Deployment" in kinds(documents)
+    notes = chart.notes(unrelated, upgrade=True)
+    assert "this upgrade left it" in notes and "never renders it again" not in notes
+    # The values' spec says nothing about the live resource: no warning drawn from it.
+    assert "WARNING: no verification" not in notes
 
 
 def test_with_values_as_owner_every_upgrade_renders_the_resource():
