@@ -1,7 +1,9 @@
 """A local stand-in for Zoho Accounts, Desk and CRM that answers like them (see the project's
 notes on Zoho's APIs): an OAuth token whose `api_domain` is this server, tickets, threads and
 departments from Desk, 204 for a CRM search without matches, Zoho's error bodies. A test switches
-it to failing (500) or slow answers."""
+it to failing (500) or slow answers, or revokes the refresh token: the access token is then
+refused with Desk's 401 `INVALID_OAUTH`, and a refresh answered `{"error": "invalid_code"}` with
+HTTP 200, as Zoho Accounts does."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ DEPARTMENTS = [{"id": "1892000000006907", "name": "DOC"}]
 
 class FakeZoho:
     def __init__(self):
-        self.mode = "healthy"  # healthy | failing | slow
+        self.mode = "healthy"  # healthy | failing | slow | revoked
         self.slow_seconds = 3.0
         self.calls: list[str] = []
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -49,8 +51,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.fake.calls.append(f"{method} {path}")
         if method == "POST" and path == "/oauth/v2/token":
+            if self.fake.mode == "revoked":
+                return self._json(200, {"error": "invalid_code"})
             return self._json(200, {"access_token": "1000.fake-access-token", "expires_in": 3600,
                                     "api_domain": self.fake.url, "token_type": "Bearer"})
+        if self.fake.mode == "revoked":
+            return self._json(401, {"errorCode": "INVALID_OAUTH",
+                                    "message": "The OAuth Token you provided is invalid."})
         if self.fake.mode == "slow":
             time.sleep(self.fake.slow_seconds)
         elif self.fake.mode == "failing":

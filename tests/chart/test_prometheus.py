@@ -5,8 +5,8 @@ whole chain: the metrics deskhook really exports, the rules as the chart renders
 `for` scaled down by `prometheusRule.forScalePercent`), Prometheus evaluating them every second.
 Clean traffic first, which must leave every alert quiet; then each condition is caused for real
 (bad signatures, broken JSON, events without ticket id, a failing step against the Zoho stand-in,
-a dead letter, a full queue, a refused settings edit, Redis stopped, no pod left) and its alert
-must fire.
+a dead letter, a full queue, revoked Zoho credentials, a refused settings edit, Redis stopped, no
+pod left) and its alert must fire.
 """
 
 from __future__ import annotations
@@ -217,6 +217,17 @@ def test_every_alert_fires_on_its_condition_and_none_on_clean_traffic(live):
     assert 503 in statuses and 200 in statuses, statuses
     for name in ("DeskhookQueueNearlyFull", "DeskhookDeliveriesRefused", "DeskhookQueueBacklog"):
         prometheus.wait_for_firing(name)
+
+    # The refresh token is revoked: the access token is refused, and so is the refresh.
+    zoho.mode = "revoked"
+    # The queue drains fast now (every job fails at once); a delivery then finds room.
+    deadline = time.monotonic() + ALERT_TIMEOUT
+    n = 500
+    while post(pod, event(f"198709000438366{n}", n)) != 200:
+        assert time.monotonic() < deadline, "the queue never had room again"
+        n += 1
+        time.sleep(0.5)
+    prometheus.wait_for_firing("DeskhookZohoCredentialsRejected")
 
     # A resource edit the pod refuses (a flag that is not a boolean); the last good settings stay.
     resource = pod.workdir / "webhookautomation.yaml"
