@@ -1,5 +1,5 @@
 # The commands the README shows. `make test` is also what CI runs.
-.PHONY: test run fmt lint chart-check manifests fuzz-check fuzz bench
+.PHONY: test run fmt lint chart-check manifests values-schema fuzz-check fuzz bench
 
 # The chart checks need the Python packages of tests/chart/requirements.txt and promtool.
 PYTHON ?= python3
@@ -26,13 +26,19 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 # Helm lint, renderings validated against Kubernetes and the CRD, the Deployment against the
-# binary, alerts against its metrics, the Dockerfile, and manifests/ drift.
+# binary, alerts against its metrics and a live Prometheus, the Dockerfile, and drift of
+# manifests/ and of values.schema.json.
 chart-check:
 	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -p no:cacheprovider tests/chart
 
 # Regenerates manifests/deskhook.yaml (the chart with default values, for kubectl apply).
 manifests:
 	$(PYTHON) tests/chart/render.py --output manifests/deskhook.yaml
+
+# Regenerates the webhookAutomation.spec part of the chart's values.schema.json from the CRD
+# (run after `deskhook crd` changed crds/ and the chart's copy).
+values-schema:
+	$(PYTHON) tests/chart/values_schema.py
 
 # Builds release binaries and measures intake against the reference peers (../shared/peers, or
 # PEERS_DIR), start-up, memory, binary size and the workflow against the fake Zoho; prints

@@ -395,7 +395,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } = args.trust;
     let options = ServeOptions {
         zoho,
-        llm_api_key: env("DESKHOOK_LLM_API_KEY").map(Secret::new),
+        llm_api_key: WatchedSecrets::load(
+            env("DESKHOOK_LLM_API_KEY").as_deref(),
+            env("DESKHOOK_LLM_API_KEY_FILE").map(PathBuf::from),
+        )?,
         llm_url,
         jwks_url,
         console_open,

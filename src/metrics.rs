@@ -2,6 +2,11 @@
 //!
 //! Every label has a bounded set of values (outcomes, schemes, reasons, step names): nothing
 //! from a request ends up in a label.
+//!
+//! The label values an alert reads are created at 0 when the process starts. A counter series
+//! that appears only with its first increment is born at 1, and `increase()` over a series'
+//! first sample is 0: the first bad signature or failing step after a restart would never be
+//! alerted on.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -9,6 +14,42 @@ use prometheus::{
 };
 
 use crate::config::Settings;
+
+/// Outcomes of `webhook_requests_total`.
+pub const REQUEST_OUTCOMES: &[&str] = &[
+    "accepted",
+    "validation",
+    "unauthorized",
+    "bad_request",
+    "too_large",
+    "unavailable",
+    "rate_limited",
+    "forbidden",
+    "timeout",
+];
+
+/// Schemes of `signature_failures_total`: the verification schemes, and `none` when a delivery
+/// carried no signature any configured scheme reads.
+pub const SIGNATURE_SCHEMES: &[&str] = &["zoho_jwt", "hmac", "standard_webhooks", "none"];
+
+/// Statuses of `events_total`.
+pub const EVENT_STATUSES: &[&str] = &["queued", "duplicate", "ignored"];
+
+/// Results of `workflow_runs_total`.
+pub const RUN_RESULTS: &[&str] = &["success", "failed", "retried"];
+
+/// The workflow's steps, in the order a run takes them (the `step` label of
+/// `workflow_errors_total` and `workflow_steps_total`).
+pub const WORKFLOW_STEPS: &[&str] = &[
+    "fetch",
+    "find_deal",
+    "dispatch",
+    "link",
+    "reply",
+    "update_ticket",
+    "update_deal",
+    "add_note",
+];
 
 /// All of deskhook's metrics.
 pub struct Metrics {
@@ -154,6 +195,27 @@ impl Metrics {
             ),
             registry,
         }
+        .with_known_series()
+    }
+
+    /// Creates every series an alert reads, at 0 (see the module comment).
+    fn with_known_series(self) -> Self {
+        for outcome in REQUEST_OUTCOMES {
+            self.webhook_requests.with_label_values(&[outcome]);
+        }
+        for scheme in SIGNATURE_SCHEMES {
+            self.signature_failures.with_label_values(&[scheme]);
+        }
+        for status in EVENT_STATUSES {
+            self.events.with_label_values(&[status]);
+        }
+        for result in RUN_RESULTS {
+            self.workflow_runs.with_label_values(&[result]);
+        }
+        for step in WORKFLOW_STEPS {
+            self.workflow_errors.with_label_values(&[step]);
+        }
+        self
     }
 
     /// Records the flags and generation of the settings now in force.
@@ -200,5 +262,26 @@ pub fn total(counter: &IntCounterVec) -> u64 {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerted_series_exist_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for step in WORKFLOW_STEPS {
+            let series = format!("deskhook_workflow_errors_total{{step=\"{step}\"}} 0");
+            assert!(text.contains(&series), "missing {series}");
+        }
+        for scheme in SIGNATURE_SCHEMES {
+            let series = format!("deskhook_signature_failures_total{{scheme=\"{scheme}\"}} 0");
+            assert!(text.contains(&series), "missing {series}");
+        }
+        assert!(text.contains("deskhook_webhook_requests_total{outcome=\"unavailable\"} 0"));
+        assert!(text.contains("deskhook_workflow_runs_total{result=\"failed\"} 0"));
+        assert!(text.contains("deskhook_payload_parse_errors_total 0"));
     }
 }

@@ -53,8 +53,9 @@ pub struct ServeOptions {
     pub admin_tokens: WatchedSecrets,
     /// Zoho API access; `None` runs the workflow offline.
     pub zoho: Option<ZohoAccess>,
-    /// Key of the optional reply-rewriting language model (`DESKHOOK_LLM_API_KEY`).
-    pub llm_api_key: Option<Secret>,
+    /// Key of the optional reply-rewriting language model (`DESKHOOK_LLM_API_KEY`, or
+    /// `DESKHOOK_LLM_API_KEY_FILE`, re-read when it changes).
+    pub llm_api_key: WatchedSecrets,
     /// The language model's endpoint (`DESKHOOK_LLM_URL`), checked by
     /// [`crate::outbound::destination`]; without it replies are never rewritten.
     pub llm_url: Option<reqwest::Url>,
@@ -93,7 +94,7 @@ impl Default for ServeOptions {
             standard_webhooks_secrets: WatchedSecrets::default(),
             admin_tokens: WatchedSecrets::default(),
             zoho: None,
-            llm_api_key: None,
+            llm_api_key: WatchedSecrets::default(),
             llm_url: None,
             jwks_url: None,
             console_open: false,
@@ -373,6 +374,7 @@ async fn launch(
         .standard_webhooks_secrets
         .spawn_watch("standard webhooks secrets");
     options.admin_tokens.spawn_watch("admin tokens");
+    options.llm_api_key.spawn_watch("language model key");
 
     // The backend is read once, from the settings in force at start (after the resource's
     // first read in Kubernetes): moving queued work between backends live is not supported.

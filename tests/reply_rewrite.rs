@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deskhook::config::{Secret, Settings, SettingsSource};
+use deskhook::config::{Settings, SettingsSource, WatchedSecrets};
 use deskhook::crd::{AutomationFlags, LlmSpec, WebhookAutomationSpec};
 use deskhook::event::TicketEvent;
 use deskhook::queue::Job;
@@ -65,7 +65,7 @@ async fn reply_for(
     let rewriter = ReplyRewriter::new(
         http,
         url.parse().unwrap(),
-        Some(Secret::new("llm-test-key")),
+        WatchedSecrets::load(Some("llm-test-key"), None).unwrap(),
     );
     let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), Some(rewriter));
     let report = workflow.run(&job(), &settings()).await;
@@ -112,7 +112,7 @@ async fn a_rewrite_that_adds_a_link_is_not_used() {
 async fn no_reply_to_write_means_no_call_to_the_model() {
     let (url, seen) = model("Bonjour, une réponse réécrite assez longue pour passer.").await;
     let http = deskhook::server::http_client().unwrap();
-    let rewriter = ReplyRewriter::new(http, url.parse().unwrap(), None);
+    let rewriter = ReplyRewriter::new(http, url.parse().unwrap(), WatchedSecrets::default());
     let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), Some(rewriter));
     let mut settings = settings();
     settings.spec.automation = AutomationFlags::READ_ONLY;
@@ -146,4 +146,32 @@ async fn rewrites_too_short_or_with_placeholders_are_not_used() {
         assert!(!reply.rewritten, "{answer}");
         assert!(reply.text.starts_with("Bonjour, votre demande"));
     }
+}
+
+#[tokio::test]
+async fn a_rotated_model_key_file_is_used_without_a_restart() {
+    let dir = support::process::TempDir::new("llm-key");
+    let file = dir.write("llm-key", "key-before-rotation\n");
+    let keys = WatchedSecrets::load(None, Some(file)).unwrap();
+    let _watch = keys.spawn_watch("language model key");
+    let (url, seen) =
+        model("Bonjour, nous avons bien transmis votre demande de facture à la comptabilité.")
+            .await;
+    let http = deskhook::server::http_client().unwrap();
+    let rewriter = ReplyRewriter::new(http, url.parse().unwrap(), keys);
+    let workflow = AutomationWorkflow::new(None, Arc::new(MemoryLedger::default()), Some(rewriter));
+    workflow.run(&job(), &settings()).await;
+    dir.write("llm-key", "key-after-rotation\n");
+    support::intake::eventually("the rotated key to be sent", || async {
+        workflow.run(&job(), &settings()).await;
+        let last = seen
+            .lock()
+            .unwrap()
+            .last()
+            .and_then(|(auth, _)| auth.clone());
+        (last.as_deref() == Some("Bearer key-after-rotation")).then_some(())
+    })
+    .await;
+    let first = seen.lock().unwrap()[0].0.clone();
+    assert_eq!(first.as_deref(), Some("Bearer key-before-rotation"));
 }

@@ -733,7 +733,7 @@ async fn rewriting(
     let rewriter = deskhook::workflow::reply::ReplyRewriter::new(
         deskhook::server::http_client().unwrap(),
         url.parse().unwrap(),
-        None,
+        deskhook::config::WatchedSecrets::default(),
     );
     let workflow = AutomationWorkflow::new(
         Some(fake.clients(metrics)),

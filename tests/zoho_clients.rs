@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use deskhook::metrics::Metrics;
 use deskhook::zoho::{
-    ClientOptions, Clock, ContentType, Criteria, Reply, TokenSource, ZohoClients, ZohoError,
-    ZohoMetrics,
+    ClientOptions, Clock, ContentType, Criteria, OAuthCredentials, Reply, TokenSource, ZohoClients,
+    ZohoError, ZohoMetrics,
 };
 use serde_json::{Map, Value, json};
-use support::fake_zoho::{CLIENT_SECRET, FakeZoho, Fault, ORG_ID, REFRESH_TOKEN, TokenAnswer};
+use support::fake_zoho::{
+    CLIENT_ID, CLIENT_SECRET, FakeZoho, Fault, ORG_ID, REFRESH_TOKEN, TokenAnswer,
+};
 
 /// Longest any single step of a test may take.
 const WAIT: Duration = Duration::from_secs(15);
@@ -277,6 +279,48 @@ async fn fifty_concurrent_callers_cause_exactly_one_token_refresh() {
         2,
         "fifty 401s for the same token cause one refresh"
     );
+}
+
+#[tokio::test]
+async fn a_rotated_credential_file_is_used_without_a_restart() {
+    let fake = FakeZoho::start().await;
+    let dir = std::env::temp_dir().join(format!("deskhook-rotation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, value: &str| std::fs::write(dir.join(name), value).unwrap();
+    write("zoho-client-id", CLIENT_ID);
+    write("zoho-client-secret", CLIENT_SECRET);
+    write("zoho-refresh-token", "1000.revoked-refresh-token");
+    let path = |name: &str| Some(dir.join(name).display().to_string());
+    let credentials = OAuthCredentials::from_env(|variable| match variable {
+        "ZOHO_CLIENT_ID_FILE" => path("zoho-client-id"),
+        "ZOHO_CLIENT_SECRET_FILE" => path("zoho-client-secret"),
+        "ZOHO_REFRESH_TOKEN_FILE" => path("zoho-refresh-token"),
+        _ => None,
+    })
+    .unwrap()
+    .unwrap();
+    let clock = TestClock::new();
+    let tokens = TokenSource::with_clock(
+        deskhook::server::http_client().unwrap(),
+        fake.url(),
+        credentials,
+        Duration::from_secs(5),
+        ZohoMetrics::unregistered(),
+        clock.clock(),
+    );
+
+    let refused = within(tokens.access_token()).await.unwrap_err();
+    assert_eq!(refused.kind(), "token_rejected");
+
+    // The Secret is rotated: the kubelet rewrites the mounted file; the process keeps running.
+    write("zoho-refresh-token", REFRESH_TOKEN);
+    // Past the pause after a failed refresh.
+    clock.advance(Duration::from_secs(60));
+    let token = within(tokens.access_token()).await.unwrap();
+
+    assert!(!token.secret().expose().is_empty());
+    assert_eq!(fake.token_refreshes(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

@@ -115,23 +115,23 @@ impl WatchedSecrets {
         let path = self.file.clone()?;
         let this = self.clone();
         Some(tokio::spawn(async move {
-            let mut last = tokio::fs::read_to_string(&path).await.ok();
+            // Compared with the keys in force, not with the file's previous text: a change made
+            // between loading and the first look is still seen.
             loop {
                 tokio::time::sleep(POLL_INTERVAL).await;
                 let Ok(text) = tokio::fs::read_to_string(&path).await else {
                     continue;
                 };
-                if last.as_deref() == Some(text.as_str()) {
-                    continue;
-                }
                 let mut all = this.from_env.clone();
                 all.extend(split_secrets(&text));
+                if *this.current() == all {
+                    continue;
+                }
                 tracing::info!(what, keys = all.len(), "secret file changed; keys reloaded");
                 *this
                     .current
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(all);
-                last = Some(text);
             }
         }))
     }

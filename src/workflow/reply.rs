@@ -16,7 +16,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Value, json};
 
 use super::text;
-use crate::config::Secret;
+use crate::config::WatchedSecrets;
 use crate::crd::LlmSpec;
 use crate::outbound::read_capped;
 
@@ -114,11 +114,12 @@ pub struct ReplyRewriter {
     http: reqwest::Client,
     /// Base URL (`DESKHOOK_LLM_URL`): `/chat/completions` is appended.
     endpoint: reqwest::Url,
-    api_key: Option<Secret>,
+    /// Re-read when its file changes, so a rotated key needs no restart.
+    api_key: WatchedSecrets,
 }
 
 impl ReplyRewriter {
-    pub fn new(http: reqwest::Client, endpoint: reqwest::Url, api_key: Option<Secret>) -> Self {
+    pub fn new(http: reqwest::Client, endpoint: reqwest::Url, api_key: WatchedSecrets) -> Self {
         Self {
             http,
             endpoint,
@@ -150,7 +151,7 @@ impl ReplyRewriter {
             .post(url)
             .json(&body)
             .timeout(Duration::from_secs(30));
-        if let Some(key) = &self.api_key {
+        if let Some(key) = self.api_key.current().first() {
             request = request.bearer_auth(key.expose());
         }
         let model_error = |e: reqwest::Error| ReplyError::Model(e.without_url().to_string());

@@ -4,7 +4,7 @@
 //! Both come from the environment (or mounted files for secrets), read through a lookup
 //! closure so tests never touch the process environment.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::error::ZohoSetupError;
 use crate::config::Secret;
@@ -89,24 +89,63 @@ pub struct OAuthCredentials {
     pub client_id: String,
     pub client_secret: Secret,
     pub refresh_token: Secret,
+    /// The files the values were read from, read again before each refresh: a rotated
+    /// Kubernetes Secret is used without a restart.
+    pub files: CredentialFiles,
+}
+
+/// Files holding OAuth credentials (`ZOHO_*_FILE`); `None` for a value from the environment.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialFiles {
+    pub client_id: Option<PathBuf>,
+    pub client_secret: Option<PathBuf>,
+    pub refresh_token: Option<PathBuf>,
 }
 
 impl OAuthCredentials {
-    /// Reads `ZOHO_CLIENT_ID`, `ZOHO_CLIENT_SECRET` (or `ZOHO_CLIENT_SECRET_FILE`) and
-    /// `ZOHO_REFRESH_TOKEN` (or `ZOHO_REFRESH_TOKEN_FILE`). `None` when none of them is set
-    /// (deskhook then runs without Zoho clients); an error when only some are.
+    /// Credentials given as values, with no file behind them.
+    pub fn new(client_id: impl Into<String>, client_secret: Secret, refresh_token: Secret) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret,
+            refresh_token,
+            files: CredentialFiles::default(),
+        }
+    }
+
+    /// Reads `ZOHO_CLIENT_ID` (or `ZOHO_CLIENT_ID_FILE`), `ZOHO_CLIENT_SECRET` (or
+    /// `ZOHO_CLIENT_SECRET_FILE`) and `ZOHO_REFRESH_TOKEN` (or `ZOHO_REFRESH_TOKEN_FILE`).
+    /// `None` when none of them is set (deskhook then runs without Zoho clients); an error
+    /// when only some are.
     pub fn from_env(
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ZohoSetupError> {
-        let client_id = non_empty(lookup("ZOHO_CLIENT_ID"));
-        let client_secret = secret(&lookup, "ZOHO_CLIENT_SECRET", "ZOHO_CLIENT_SECRET_FILE")?;
-        let refresh_token = secret(&lookup, "ZOHO_REFRESH_TOKEN", "ZOHO_REFRESH_TOKEN_FILE")?;
+        let mut files = CredentialFiles::default();
+        let client_id = secret(
+            &lookup,
+            "ZOHO_CLIENT_ID",
+            "ZOHO_CLIENT_ID_FILE",
+            &mut files.client_id,
+        )?;
+        let client_secret = secret(
+            &lookup,
+            "ZOHO_CLIENT_SECRET",
+            "ZOHO_CLIENT_SECRET_FILE",
+            &mut files.client_secret,
+        )?;
+        let refresh_token = secret(
+            &lookup,
+            "ZOHO_REFRESH_TOKEN",
+            "ZOHO_REFRESH_TOKEN_FILE",
+            &mut files.refresh_token,
+        )?;
         match (client_id, client_secret, refresh_token) {
             (None, None, None) => Ok(None),
             (Some(client_id), Some(client_secret), Some(refresh_token)) => Ok(Some(Self {
-                client_id,
+                client_id: client_id.expose().to_owned(),
                 client_secret,
                 refresh_token,
+                files,
             })),
             (None, _, _) => Err(ZohoSetupError::MissingCredential {
                 variable: "ZOHO_CLIENT_ID",
@@ -121,11 +160,43 @@ impl OAuthCredentials {
     }
 }
 
-/// A secret from its variable, else from the file its `_FILE` variable names.
+impl OAuthCredentials {
+    /// The credentials as their files hold them now. A file that cannot be read or is empty
+    /// (the kubelet swaps a Secret's files through a symlink) keeps the value read before.
+    pub fn reread(&self) -> Self {
+        let read = |path: &Option<PathBuf>| {
+            path.as_deref()
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .and_then(|text| non_empty(Some(text)))
+        };
+        let mut current = self.clone();
+        if let Some(id) = read(&self.files.client_id) {
+            current.client_id = id;
+        }
+        if let Some(secret) = read(&self.files.client_secret) {
+            current.client_secret = Secret::new(secret);
+        }
+        if let Some(token) = read(&self.files.refresh_token) {
+            current.refresh_token = Secret::new(token);
+        }
+        current
+    }
+
+    /// Whether `other` holds other values than these.
+    pub fn differs_from(&self, other: &Self) -> bool {
+        self.client_id != other.client_id
+            || self.client_secret != other.client_secret
+            || self.refresh_token != other.refresh_token
+    }
+}
+
+/// A secret from its variable, else from the file its `_FILE` variable names (remembered in
+/// `file`, to be read again later).
 fn secret(
     lookup: &impl Fn(&str) -> Option<String>,
     variable: &str,
     file_variable: &str,
+    file: &mut Option<PathBuf>,
 ) -> Result<Option<Secret>, ZohoSetupError> {
     if let Some(value) = non_empty(lookup(variable)) {
         return Ok(Some(Secret::new(value)));
@@ -133,8 +204,13 @@ fn secret(
     let Some(path) = non_empty(lookup(file_variable)) else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(Path::new(&path))
-        .map_err(|source| ZohoSetupError::CredentialFile { path, source })?;
+    let text = std::fs::read_to_string(Path::new(&path)).map_err(|source| {
+        ZohoSetupError::CredentialFile {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    *file = Some(PathBuf::from(path));
     Ok(non_empty(Some(text)).map(Secret::new))
 }
 
@@ -220,6 +296,18 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(credentials.refresh_token.expose(), "1000.from-file");
+
+        std::fs::write(&file, "1000.rotated\n").unwrap();
+        let rotated = credentials.reread();
+        assert_eq!(rotated.refresh_token.expose(), "1000.rotated");
+        assert!(rotated.differs_from(&credentials));
+        assert_eq!(rotated.client_secret.expose(), "s3cret");
+        // A file gone for a moment (a Secret being swapped) keeps the last value.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            credentials.reread().refresh_token.expose(),
+            "1000.from-file"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,16 +2,24 @@
 //!
 //! Labels are bounded: the API, a fixed operation name, an HTTP status code or `error`, and
 //! a refresh result.
+//!
+//! The failures the alerts read are also counted by API and kind in a family whose every series
+//! exists at 0 from the start: a status series is created by its first request, so a burst of
+//! retried 503s can appear already at 3, and `rate()` never sees it rise.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use super::error::Call;
+use super::error::{Api, Call};
 use crate::metrics::Metrics;
+
+/// Kinds of `zoho_request_failures_total`.
+const FAILURE_KINDS: [&str; 3] = ["server_error", "no_answer", "throttled"];
 
 /// Counters and histograms of Zoho calls. Cheap to clone; register once per process.
 #[derive(Clone, Debug)]
 pub struct ZohoMetrics {
     requests: IntCounterVec,
+    failures: IntCounterVec,
     duration: HistogramVec,
     token_refreshes: IntCounterVec,
 }
@@ -31,6 +39,13 @@ impl ZohoMetrics {
             ),
             &["api", "op", "status"],
         )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "zoho_request_failures_total",
+                "Zoho API requests that failed, by API and kind (server_error: 5xx, no_answer, throttled: 429).",
+            ),
+            &["api", "kind"],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "zoho_request_duration_seconds",
@@ -47,10 +62,21 @@ impl ZohoMetrics {
             &["result"],
         )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        for api in [Api::Desk, Api::Crm, Api::Accounts] {
+            for kind in FAILURE_KINDS {
+                failures.with_label_values(&[api.as_str(), kind]);
+            }
+        }
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(token_refreshes.clone()))?;
+        // At 0 from the start, so the first rejected refresh after a restart is alerted on.
+        for result in RefreshResult::ALL {
+            token_refreshes.with_label_values(&[result.as_str()]);
+        }
         Ok(Self {
             requests,
+            failures,
             duration,
             token_refreshes,
         })
@@ -65,6 +91,15 @@ impl ZohoMetrics {
         let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
         let (api, op) = (call.api.as_str(), call.op);
         self.requests.with_label_values(&[api, op, &status]).inc();
+        let failure = match status.as_str() {
+            "error" => Some("no_answer"),
+            "429" => Some("throttled"),
+            code if code.starts_with('5') => Some("server_error"),
+            _ => None,
+        };
+        if let Some(kind) = failure {
+            self.failures.with_label_values(&[api, kind]).inc();
+        }
         self.duration.with_label_values(&[api, op]).observe(seconds);
     }
 
@@ -90,6 +125,14 @@ pub(crate) enum RefreshResult {
 }
 
 impl RefreshResult {
+    const ALL: [Self; 5] = [
+        Self::Success,
+        Self::Throttled,
+        Self::Rejected,
+        Self::Error,
+        Self::Limited,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             RefreshResult::Success => "success",
@@ -104,7 +147,6 @@ impl RefreshResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zoho::error::Api;
 
     #[test]
     fn metrics_carry_the_process_prefix() {
@@ -124,5 +166,31 @@ mod tests {
             ZohoMetrics::register(&metrics).is_err(),
             "registering twice is refused"
         );
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind_from_zero() {
+        let metrics = Metrics::new();
+        let zoho = ZohoMetrics::register(&metrics).unwrap();
+        let before = metrics.render();
+        for api in ["desk", "crm", "accounts"] {
+            for kind in FAILURE_KINDS {
+                let series = format!(
+                    r#"deskhook_zoho_request_failures_total{{api="{api}",kind="{kind}"}} 0"#
+                );
+                assert!(before.contains(&series), "missing {series}");
+            }
+        }
+        let ticket = Call::read(Api::Desk, "get_ticket");
+        for status in [Some(503), Some(500), None, Some(429), Some(200), Some(404)] {
+            zoho.observe(ticket, status, 0.1);
+        }
+        let after = metrics.render();
+        for (kind, count) in [("server_error", 2), ("no_answer", 1), ("throttled", 1)] {
+            let series = format!(
+                r#"deskhook_zoho_request_failures_total{{api="desk",kind="{kind}"}} {count}"#
+            );
+            assert!(after.contains(&series), "missing {series}");
+        }
     }
 }

@@ -168,6 +168,8 @@ struct State {
     window: RefreshWindow,
     paused_until: Option<Instant>,
     generation: u64,
+    /// The credentials the last refresh read from their files, to log a rotation once.
+    credentials: Option<OAuthCredentials>,
 }
 
 struct Cached {
@@ -373,7 +375,7 @@ impl TokenSource {
             );
             return self.refused(usable, wait);
         }
-        match self.refresh().await {
+        match self.refresh(state).await {
             Ok(fresh) => {
                 state.generation += 1;
                 state.paused_until = None;
@@ -448,13 +450,20 @@ impl TokenSource {
     /// One POST to the token endpoint. The credentials travel in a form body, never in the
     /// URL, so no proxy or access log records them. Not retried: each attempt may count
     /// against the budget, and the caller's job retries later anyway.
-    async fn refresh(&self) -> Result<FreshToken, ZohoError> {
+    async fn refresh(&self, state: &mut State) -> Result<FreshToken, ZohoError> {
         let inner = &self.inner;
+        // Read from their files now: rotating the Secret needs no restart.
+        let credentials = inner.credentials.reread();
+        let before = state.credentials.as_ref().unwrap_or(&inner.credentials);
+        if credentials.differs_from(before) {
+            tracing::info!("Zoho credential files changed; refreshing with the new credentials");
+        }
+        state.credentials = Some(credentials.clone());
         let form = [
             ("grant_type", "refresh_token"),
-            ("client_id", inner.credentials.client_id.as_str()),
-            ("client_secret", inner.credentials.client_secret.expose()),
-            ("refresh_token", inner.credentials.refresh_token.expose()),
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.expose()),
+            ("refresh_token", credentials.refresh_token.expose()),
         ];
         let started = Instant::now();
         let answer = async {

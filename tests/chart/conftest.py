@@ -15,6 +15,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import render as chart  # noqa: E402
+from services import RedisServer  # noqa: E402
 
 def require_tool(name: str, install: str) -> str:
     """The path of the program `name`. Missing, it skips the test, with the reason in pytest's
@@ -97,3 +98,17 @@ def crd(deskhook_bin) -> dict[str, Any]:
             f"(exit {generated.returncode}): {generated.stderr.strip()[:500]}"
         )
     return yaml.safe_load(generated.stdout)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Redis for the value sets whose queue is on Redis."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def external_secrets(redis_server) -> dict[str, dict[str, str]]:
+    """The Secrets the value sets name but the chart does not create, as their owners would."""
+    return {"deskhook-redis-url": {"redis-url": redis_server.url}}

@@ -30,14 +30,21 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Pod:
-    def __init__(self, binary: Path, value_set: str, workdir: Path):
+    """`external` holds the Secrets the chart does not create (name → key → value), such as the
+    one with an external Redis' URL; an existing credentials Secret gets made-up values."""
+
+    def __init__(self, binary: Path, value_set: str, workdir: Path,
+                 values: dict[str, Any] | None = None,
+                 external: dict[str, dict[str, str]] | None = None):
         self.value_set = value_set
-        self.documents = chart.render(chart.load_values(value_set))
+        self.values = chart.load_values(value_set) if values is None else values
+        self.documents = chart.render(self.values)
         self.deployment = self._one("Deployment")
         self.spec = self.deployment["spec"]["template"]["spec"]
-        [self.container] = self.spec["containers"]
+        self.container = next(c for c in self.spec["containers"] if c["name"] == "deskhook")
         self.ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
         self.workdir = workdir
+        self.secrets = self._secrets(external or {})
         self.secret = self._secret_data()
         self.mounts = self._write_mounts()
         self.argv = [str(binary), *self._args()]
@@ -52,13 +59,23 @@ class Pod:
         [found] = [d.obj for d in self.documents if d.kind == kind]
         return found
 
+    def _secrets(self, external: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        """Every Secret the pod reads, by name: the chart's, the given ones and made-up values
+        for an existing credentials Secret's keys."""
+        found = {d.name: {k: base64.b64decode(v).decode() for k, v in d.obj["data"].items()}
+                 for d in self.documents if d.kind == "Secret"}
+        merged = chart.merged_values(self.values)["secrets"]
+        if merged["existingSecret"]:
+            found[merged["existingSecret"]] = {
+                key: f"{name}-value-0123456789abcdef0123456789" for name, key in
+                merged["existingSecretKeys"].items() if key}
+        return {**found, **external}
+
     def _secret_data(self) -> dict[str, str]:
-        """The Secret's data: the chart's own, or made-up values for an existing Secret's keys."""
-        secrets = [d.obj for d in self.documents if d.kind == "Secret"]
-        if secrets:
-            return {k: base64.b64decode(v).decode() for k, v in secrets[0]["data"].items()}
-        keys = chart.merged_values(chart.load_values(self.value_set))["secrets"]["existingSecretKeys"]
-        return {key: f"{name}-value-0123456789" for name, key in keys.items() if key}
+        """The credentials Secret's data (the chart's own or the existing one)."""
+        merged = chart.merged_values(self.values)["secrets"]
+        name = merged["existingSecret"] or self.deployment["metadata"]["name"]
+        return self.secrets.get(name, {})
 
     def _write_mounts(self) -> dict[str, Path]:
         """Container mount path → local directory holding the Secret's items (or, for a
@@ -72,9 +89,10 @@ class Pod:
             mounts[mount["mountPath"]] = local
             if "secret" not in volume:
                 continue
+            data = self.secrets[volume["secret"]["secretName"]]
             for item in volume["secret"]["items"]:
-                assert item["key"] in self.secret, f"the Secret has no key {item['key']}"
-                (local / item["path"]).write_text(self.secret[item["key"]])
+                assert item["key"] in data, f"the Secret has no key {item['key']}"
+                (local / item["path"]).write_text(data[item["key"]])
         return mounts
 
     def _local(self, value: str) -> str:
@@ -124,7 +142,8 @@ class Pod:
                 env[var["name"]] = {"metadata.name": "deskhook-0", "metadata.namespace":
                                     "deskhook"}[source["fieldRef"]["fieldPath"]]
             elif "secretKeyRef" in source:
-                env[var["name"]] = self.secret[source["secretKeyRef"]["key"]]
+                ref = source["secretKeyRef"]
+                env[var["name"]] = self.secrets[ref["name"]][ref["key"]]
             else:
                 raise AssertionError(f"unexpected env source {source}")
         return env

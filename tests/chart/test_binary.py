@@ -4,15 +4,19 @@ termination grace period covers its drain."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
 import render as chart
 from conftest import VALUE_SETS, one
-from pod import Pod
+from pod import OPENER, Pod
 
 # Value sets whose pods can start outside a cluster (defaults configure no verification, and the
 # binary rightly refuses to start then).
@@ -72,8 +76,8 @@ def test_chart_default_ports_are_the_binary_defaults(serve_help):
 
 
 @pytest.fixture
-def pod(deskhook_bin, tmp_path, request):
-    running = Pod(deskhook_bin, request.param, tmp_path).start()
+def pod(deskhook_bin, tmp_path, request, external_secrets):
+    running = Pod(deskhook_bin, request.param, tmp_path, external=external_secrets).start()
     yield running
     running.stop()
 
@@ -123,11 +127,12 @@ def test_pod_drains_within_the_termination_grace_period(pod):
 
 
 @pytest.mark.parametrize("value_set", RUNNABLE)
-def test_pod_in_kube_mode_gets_as_far_as_the_api_server(deskhook_bin, tmp_path, value_set):
+def test_pod_in_kube_mode_gets_as_far_as_the_api_server(deskhook_bin, tmp_path, value_set,
+                                                        external_secrets):
     """With the Deployment's own command line, `--kube` included, and no cluster to talk to,
     the only thing left to fail is the Kubernetes client: arguments, credentials and settings
     must all have been accepted before it."""
-    pod = Pod(deskhook_bin, value_set, tmp_path)
+    pod = Pod(deskhook_bin, value_set, tmp_path, external=external_secrets)
     env = {**pod.env, "HOME": str(tmp_path)}  # no kubeconfig, no in-cluster variables
     result = subprocess.run(pod.kube_argv(), env=env, capture_output=True, text=True, timeout=60,
                             stdin=subprocess.DEVNULL)
@@ -135,3 +140,74 @@ def test_pod_in_kube_mode_gets_as_far_as_the_api_server(deskhook_bin, tmp_path, 
     assert result.returncode != 0, output
     assert "Kubernetes" in output, (
         "deskhook serve --kube stopped before reaching the Kubernetes client:\n" + output[-2000:])
+
+
+def test_the_charts_redis_runs_as_rendered_and_the_pods_use_it(deskhook_bin, tmp_path):
+    """The chart's Redis command line on a real redis-server (only the address and data
+    directory changed), its password enforced, and a pod reaching it with the generated URL."""
+    import base64
+    import shutil
+    import socket
+
+    from services import free_port
+
+    values = {"replicaCount": 2, "redis": {"enabled": True},
+              "secrets": {"hmacSecrets": ["0123456789abcdef0123456789abcdef"]}}
+    documents = chart.render(values)
+    secrets = {d.name: {k: base64.b64decode(v).decode() for k, v in d.obj["data"].items()}
+               for d in documents if d.kind == "Secret"}
+    [redis] = one(documents, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    assert redis["command"] == ["sh", "-c"]
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    script = redis["args"][0].replace("--dir /data", f"--dir {data}")
+    script += f" --port {port} --bind 127.0.0.1"
+    env = {"PATH": "/usr/bin:/bin"}
+    for variable in redis["env"]:
+        ref = variable["valueFrom"]["secretKeyRef"]
+        env[variable["name"]] = secrets[ref["name"]][ref["key"]]
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        probe = redis["readinessProbe"]["exec"]["command"]
+        assert shutil.which(probe[0]), f"{probe[0]} is not installed"
+        deadline = time.monotonic() + 10
+        while True:
+            answer = subprocess.run([probe[0], "-p", str(port), *probe[1:]], env=env,
+                                    capture_output=True, text=True, timeout=10)
+            if answer.stdout.strip() == "PONG":
+                break
+            assert time.monotonic() < deadline, answer.stdout + answer.stderr
+            time.sleep(0.1)
+        # Without the password Redis refuses every command.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"PING\r\n")
+            assert conn.recv(64).startswith(b"-NOAUTH")
+        # The pod reads the URL from the chart's Secret; only the Service's address changes.
+        url = secrets["deskhook-redis"]["redis-url"].replace(
+            "deskhook-redis.deskhook.svc:6379", f"127.0.0.1:{port}")
+        (tmp_path / "pod").mkdir()
+        pod = Pod(deskhook_bin, "chart-redis", tmp_path / "pod", values=values,
+                  external={"deskhook-redis": {**secrets["deskhook-redis"], "redis-url": url}})
+        pod.start()
+        try:
+            # A delivery is acknowledged only once stored: in this Redis, under the key prefix.
+            key = values["secrets"]["hmacSecrets"][0].encode()
+            body = json.dumps([{"eventType": "Ticket_Add", "orgId": "700000001",
+                                "payload": {"id": "198709000438366101"}}]).encode()
+            request = urllib.request.Request(
+                f"http://{pod.addr['http']}/webhook/zoho-desk", data=body, headers={
+                    "Content-Type": "application/json",
+                    "X-Zoho-Signature": hmac.new(key, body, hashlib.sha256).hexdigest()})
+            with OPENER.open(request, timeout=10) as response:
+                assert response.status == 200
+        finally:
+            pod.stop()
+        stored = subprocess.run([probe[0], "-p", str(port), "--scan", "--pattern", "deskhook:*"],
+                                env=env, capture_output=True, text=True, timeout=10)
+        assert stored.stdout.split(), f"nothing stored in the chart's Redis: {stored.stderr}"
+        assert (data / "appendonlydir").is_dir(), "Redis runs without its append-only file"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

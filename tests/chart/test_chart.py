@@ -29,9 +29,10 @@ FLAGS_LEVEL_1 = {"dispatch": True, "link": True, "respond": False, "updateTicket
 
 
 def container(documents) -> dict[str, Any]:
+    """The deskhook container (sidecars may run beside it)."""
     pod = one(documents, "Deployment")["spec"]["template"]["spec"]
-    assert len(pod["containers"]) == 1
-    return pod["containers"][0]
+    [found] = [c for c in pod["containers"] if c["name"] == "deskhook"]
+    return found
 
 
 def arg_value(args: list[str], flag: str) -> str | None:
@@ -43,8 +44,8 @@ def arg_value(args: list[str], flag: str) -> str | None:
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_lint_strict_passes(value_set):
-    report = helm.lint(chart.CHART, chart.load_values(value_set), strict=True,
-                       kube_version="v1.30.0")
+    report = helm.lint(chart.CHART, chart.with_required(chart.load_values(value_set)),
+                       strict=True, kube_version="v1.30.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["total_charts_linted"] == 1
     assert not problems and not report["errors"], report
@@ -64,15 +65,22 @@ def test_chart_app_version_tracks_the_crate():
 
 
 def test_every_value_set_renders_the_expected_objects(rendered_sets):
+    # One pod on the in-memory queue: no PodDisruptionBudget; the generated admin token's Secret.
     assert sorted(kinds(rendered_sets["defaults"])) == sorted([
-        "ServiceAccount", "Role", "RoleBinding", "Service", "Deployment", "PodDisruptionBudget",
-        "WebhookAutomation",
+        "NetworkPolicy", "ServiceAccount", "Secret", "ClusterRole", "ClusterRole", "Role",
+        "RoleBinding", "Service", "Service", "Deployment", "WebhookAutomation",
     ])
     assert sorted(kinds(rendered_sets["everything-on"])) == sorted([
-        "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "ConfigMap", "Role",
-        "RoleBinding", "Service", "Deployment", "HorizontalPodAutoscaler", "Ingress",
-        "WebhookAutomation", "ServiceMonitor", "PrometheusRule",
+        "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "ConfigMap",
+        "ClusterRole", "ClusterRole", "Role", "RoleBinding", "Service", "Service", "Deployment",
+        "HorizontalPodAutoscaler", "Ingress", "WebhookAutomation", "ServiceMonitor",
+        "PrometheusRule",
     ])
+
+
+def test_an_install_without_an_image_repository_is_refused():
+    with pytest.raises(helm.HelmRenderError, match="image.repository is required: no public"):
+        chart.render({}, required=False)
 
 
 # --- Schemas ---------------------------------------------------------------------------------
@@ -269,8 +277,8 @@ def test_a_termination_grace_shorter_than_the_drain_is_refused():
                "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 31
 
 
-def test_two_replicas_unless_autoscaled(rendered_sets):
-    assert one(rendered_sets["defaults"], "Deployment")["spec"]["replicas"] == 2
+def test_one_replica_by_default_and_none_when_autoscaled(rendered_sets):
+    assert one(rendered_sets["defaults"], "Deployment")["spec"]["replicas"] == 1
     assert "replicas" not in one(rendered_sets["everything-on"], "Deployment")["spec"]
 
 
@@ -290,12 +298,29 @@ def secret_files(rendered) -> dict[str, str]:
     return files
 
 
-def test_defaults_store_no_credentials(rendered_sets):
+def test_defaults_generate_only_an_admin_token(rendered_sets):
     documents = rendered_sets["defaults"]
-    assert "Secret" not in kinds(documents)
+    secret = one(documents, "Secret")
+    assert secret["metadata"]["name"] == "deskhook-admin"
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert set(secret["data"]) == {"admin-token"}
+    token = base64.b64decode(secret["data"]["admin-token"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", token)
     args = container(documents)["args"]
-    assert "--hmac-secret-file" not in args and "--admin-token-file" not in args
-    assert not secret_files(documents)
+    assert "--hmac-secret-file" not in args
+    assert secret_files(documents) == {"admin-token": arg_value(args, "--admin-token-file")}
+    assert "checksum/secret" not in (
+        one(documents, "Deployment")["spec"]["template"]["metadata"].get("annotations") or {})
+    # NOTES tell how to read it.
+    assert ("kubectl -n deskhook get secret deskhook-admin -o jsonpath='{.data.admin-token}' "
+            "| base64 -d") in chart.notes({})
+
+
+def test_an_admin_token_shorter_than_32_characters_is_refused():
+    with pytest.raises(helm.HelmValuesError, match="/secrets/adminToken"):
+        chart.render({"secrets": {"adminToken": "short-token"}})
+    documents = chart.render({"secrets": {"adminToken": "a" * 32}})
+    assert "deskhook-admin" not in {d.name for d in documents if d.kind == "Secret"}
 
 
 def test_credentials_given_as_values_are_mounted_from_the_chart_secret(rendered_sets):
@@ -310,12 +335,13 @@ def test_credentials_given_as_values_are_mounted_from_the_chart_secret(rendered_
     assert arg_value(args, "--hmac-secret-file") == files["hmac-secrets"]
     assert arg_value(args, "--admin-token-file") == files["admin-token"]
     env = {e["name"]: e for e in container(documents)["env"]}
+    # Every credential is a file (re-read on rotation), none an environment variable.
+    assert env["ZOHO_CLIENT_ID_FILE"]["value"] == files["zoho-client-id"]
     assert env["ZOHO_CLIENT_SECRET_FILE"]["value"] == files["zoho-client-secret"]
     assert env["ZOHO_REFRESH_TOKEN_FILE"]["value"] == files["zoho-refresh-token"]
-    for name in ("ZOHO_CLIENT_ID", "DESKHOOK_LLM_API_KEY"):
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in data
-    assert set(files) <= set(data)
+    assert env["DESKHOOK_LLM_API_KEY_FILE"]["value"] == files["llm-api-key"]
+    assert not {"ZOHO_CLIENT_ID", "DESKHOOK_LLM_API_KEY"} & set(env)
+    assert set(files) == set(data)
     annotations = one(documents, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/secret"])
     # No credential ever lands in the resource many people can read.
@@ -342,7 +368,7 @@ def test_the_decision_archive_is_off_by_default_and_mounted_when_on(rendered_set
 
 def test_an_existing_secret_is_used_as_declared(rendered_sets):
     documents = rendered_sets["existing-secret"]
-    assert "Secret" not in kinds(documents)
+    assert "Secret" not in kinds(documents)  # the admin token too comes from the Secret
     keys = chart.load_values("existing-secret")["secrets"]["existingSecretKeys"]
     args = container(documents)["args"]
     assert "--hmac-secret-file" not in args  # the Secret holds no HMAC key
@@ -351,9 +377,8 @@ def test_an_existing_secret_is_used_as_declared(rendered_sets):
     pod = one(documents, "Deployment")["spec"]["template"]["spec"]
     assert pod["volumes"][0]["secret"]["secretName"] == "deskhook-credentials"
     env = {e["name"]: e for e in container(documents)["env"]}
-    assert env["ZOHO_CLIENT_ID"]["valueFrom"]["secretKeyRef"] == {
-        "name": "deskhook-credentials", "key": keys["zohoClientId"]}
-    assert env["DESKHOOK_LLM_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == keys["llmApiKey"]
+    assert env["ZOHO_CLIENT_ID_FILE"]["value"] == files[keys["zohoClientId"]]
+    assert env["DESKHOOK_LLM_API_KEY_FILE"]["value"] == files[keys["llmApiKey"]]
     assert env["ZOHO_REFRESH_TOKEN_FILE"]["value"] == files[keys["zohoRefreshToken"]]
 
 
@@ -410,7 +435,24 @@ def test_role_is_least_privilege(rendered_sets):
     assert ("deskhook.dev", "webhookautomations", "watch") in rules
     assert not any(resource == "secrets" or "*" in (group, resource, verb)
                    for group, resource, verb in rules)
-    assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds(documents))
+    # The pods get no cluster-wide rights: the only ClusterRoles are the aggregated ones below.
+    assert "ClusterRoleBinding" not in kinds(documents)
+
+
+def test_aggregated_cluster_roles_let_view_read_and_edit_patch_the_resource(rendered_sets):
+    roles = {d.name: d.obj for d in rendered_sets["defaults"] if d.kind == "ClusterRole"}
+    view, edit = roles["deskhook-deskhook-view"], roles["deskhook-deskhook-edit"]
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert normalised_rules(view["rules"]) == {
+        ("deskhook.dev", "webhookautomations", verb) for verb in ("get", "list", "watch")}
+    labels = edit["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels
+    assert normalised_rules(edit["rules"]) == {
+        ("deskhook.dev", "webhookautomations", verb) for verb in ("update", "patch")}
+    off = chart.render({"rbac": {"aggregateToDefaultRoles": False}})
+    assert "ClusterRole" not in kinds(off)
 
 
 def test_role_binding_grants_the_role_to_the_pods_account(rendered):
@@ -428,12 +470,30 @@ def test_role_binding_grants_the_role_to_the_pods_account(rendered):
 # --- Networking ------------------------------------------------------------------------------
 
 
-def test_service_selects_the_pods_and_names_both_ports(rendered):
-    service = one(rendered, "Service")
+def services(documents) -> dict[str, dict[str, Any]]:
+    return {d.name: d.obj for d in documents if d.kind == "Service"}
+
+
+def test_the_webhook_service_publishes_only_the_webhook_port(rendered):
+    found = services(rendered)
     pod_labels = one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
-        "http": "http", "metrics": "metrics"}
+    webhook, admin = found["deskhook"], found["deskhook-admin"]
+    for service in (webhook, admin):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["name"]: p["targetPort"] for p in webhook["spec"]["ports"]} == {"http": "http"}
+    # Metrics, console and admin API: their own Service, never published outside the cluster.
+    assert {p["name"]: p["targetPort"] for p in admin["spec"]["ports"]} == {"metrics": "metrics"}
+    assert admin["spec"]["type"] == "ClusterIP"
+    published = services(chart.render({"service": {"type": "LoadBalancer"}}))
+    assert [p["name"] for p in published["deskhook"]["spec"]["ports"]] == ["http"]
+    assert published["deskhook-admin"]["spec"]["type"] == "ClusterIP"
+
+
+def test_the_admin_listener_accepts_the_admin_service_names(rendered_sets):
+    env = {e["name"]: e.get("value") for e in container(rendered_sets["everything-on"])["env"]}
+    assert env["DESKHOOK_ADMIN_ALLOWED_HOSTS"].split(",") == [
+        "deskhook-admin", "deskhook-admin.deskhook", "deskhook-admin.deskhook.svc",
+        "deskhook-admin.deskhook.svc.cluster.local", "deskhook.internal.example.com"]
 
 
 def test_ingress_with_cert_manager(rendered_sets):
@@ -447,8 +507,8 @@ def test_ingress_with_cert_manager(rendered_sets):
     assert rule["host"] == "hooks.example.org"
     [path] = rule["http"]["paths"]
     assert path["path"] == "/webhook/zoho-desk"
-    assert path["backend"]["service"] == {"name": one(documents, "Service")["metadata"]["name"],
-                                          "port": {"name": "http"}}
+    assert path["backend"]["service"] == {"name": "deskhook", "port": {"name": "http"}}
+    assert "deskhook" in services(documents)
 
 
 def test_ingress_with_a_cluster_issuer_and_default_tls_secret(rendered_sets):
@@ -476,8 +536,19 @@ def test_network_policy_admits_the_ingress_controller_and_monitoring(rendered_se
     assert by_port["metrics"]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"}
     egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
-    assert {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP")} == egress_ports
+    # DNS, HTTPS, the API server, the external Redis, the LLM's and the collector's own ports,
+    # and the extra rule.
+    assert {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (6379, "TCP"), (8443, "TCP"),
+            (4318, "TCP"), (8000, "TCP")} == egress_ports
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+            "ports": [{"port": 8000, "protocol": "TCP"}]} in policy["egress"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_a_network_policy_guards_the_pods_by_default(rendered_sets):
+    policy = one(rendered_sets["defaults"], "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert {rule["ports"][0]["port"] for rule in policy["ingress"]} == {"http", "metrics"}
 
 
 # --- Scaling ---------------------------------------------------------------------------------
@@ -491,21 +562,27 @@ def test_autoscaler_scales_the_deployment_on_cpu_and_a_custom_metric(rendered_se
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": one(documents, "Deployment")["metadata"]["name"]}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
-    metrics = {m["type"]: m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
-    assert metrics["Pods"]["pods"]["metric"]["name"] == "deskhook_queue_depth"
+    # The shared queue's depth is global: an External metric divided by the replicas, never a
+    # per-pod average that grows with the pods themselves.
+    assert "Pods" not in {m["type"] for m in hpa["spec"]["metrics"]}
+    [external] = [m["external"] for m in hpa["spec"]["metrics"] if m["type"] == "External"]
+    assert external["metric"]["name"] == "deskhook_queue_depth"
+    assert external["metric"]["selector"] == {"matchLabels": {
+        "namespace": "deskhook", "service": "deskhook-admin"}}
+    assert external["target"] == {"type": "AverageValue", "averageValue": "100"}
     resources = {m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"}
     assert resources == {"cpu", "memory"}
 
 
 def test_autoscaler_defaults_to_cpu_only():
-    documents = chart.render({"autoscaling": {"enabled": True}})
+    documents = chart.render({"autoscaling": {"enabled": True}, "redis": {"enabled": True}})
     metrics = one(documents, "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metrics == [{"type": "Resource", "resource": {
         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
 
 
-def test_disruption_budget_selects_the_pods_and_needs_two(rendered_sets):
-    documents = rendered_sets["defaults"]
+def test_disruption_budget_selects_the_pods_and_needs_two():
+    documents = chart.render({"replicaCount": 2, "redis": {"enabled": True}})
     pdb = one(documents, "PodDisruptionBudget")
     pod_labels = one(documents, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -523,8 +600,10 @@ def test_service_monitor_structure(rendered_sets):
     assert doc.obj["apiVersion"] == "monitoring.coreos.com/v1"
     monitor = doc.obj
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    service = one(documents, "Service")
+    service = services(documents)["deskhook-admin"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    webhook = services(documents)["deskhook"]
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= webhook["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -536,8 +615,8 @@ def test_service_monitor_structure(rendered_sets):
 
 SEED_ALERTS = {"DeskhookSignatureFailures", "DeskhookPayloadParseErrors", "DeskhookMissingTicketId",
                "DeskhookWorkflowFailing"}
-MORE_ALERTS = {"DeskhookSettingsNotApplied", "DeskhookQueueBacklog", "DeskhookZohoApiErrors",
-               "DeskhookZohoThrottled"}
+MORE_ALERTS = {"DeskhookSettingsNotApplied", "DeskhookQueueBacklog", "DeskhookZohoApiErrors"}
+QUEUE_ALERTS = {"DeskhookDeadLetters", "DeskhookRedisUnreachable", "DeskhookLeasesLost"}
 
 
 def test_prometheus_rule_structure(rendered_sets):
@@ -550,14 +629,43 @@ def test_prometheus_rule_structure(rendered_sets):
     for group in rule["spec"]["groups"]:
         assert group["name"] and group["rules"]
         for alert in group["rules"]:
-            assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"}
+            assert set(alert) == {"alert", "expr", "for", "labels", "annotations"}, alert
             assert isinstance(alert["expr"], str) and alert["expr"].strip()
+            assert re.fullmatch(r"\d+s", alert["for"]), alert
             assert alert["labels"]["severity"] in {"critical", "warning", "info"}
             assert alert["labels"]["team"] == "support"
             assert alert["annotations"]["summary"] and alert["annotations"]["description"]
-            assert 'namespace="deskhook",job="deskhook"' in alert["expr"]
+            assert alert["annotations"]["runbook_url"].endswith(f"#{alert['alert'].lower()}")
+            assert 'namespace="deskhook",job="deskhook-admin"' in alert["expr"]
             names.add(alert["alert"])
-    assert SEED_ALERTS | MORE_ALERTS <= names
+    assert SEED_ALERTS | MORE_ALERTS | QUEUE_ALERTS <= names
+    # Switched off alone, and a `for` of its own.
+    assert "DeskhookZohoThrottled" not in names
+    backlog = next(a for a in rule["spec"]["groups"][0]["rules"]
+                   if a["alert"] == "DeskhookQueueBacklog")
+    assert backlog["for"] == "1800s"
+
+
+def test_every_alert_has_a_runbook_section():
+    runbooks = (chart.ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+               for line in runbooks.splitlines() if line.startswith("## ")}
+    rule = one(chart.render({"prometheusRule": {"enabled": True},
+                             "monitoringCapabilityCheck": False}), "PrometheusRule")
+    for alert in rule["spec"]["groups"][0]["rules"]:
+        anchor = alert["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert anchor in anchors, f"docs/runbooks.md has no section for {alert['alert']}"
+        section = runbooks.split(f"## {alert['alert']}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("Meaning", "Check", "Act"):
+            assert f"**{part}**" in section, (alert["alert"], part)
+
+
+def test_monitoring_objects_wait_for_the_prometheus_operator_api():
+    values = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    assert not {"ServiceMonitor", "PrometheusRule"} & set(kinds(chart.render(values)))
+    assert "were NOT created" in chart.notes(values)
+    forced = chart.render({**values, "monitoringCapabilityCheck": False})
+    assert {"ServiceMonitor", "PrometheusRule"} <= set(kinds(forced))
 
 
 def test_dashboard_is_shipped_for_the_grafana_sidecar(rendered_sets):
@@ -569,7 +677,7 @@ def test_dashboard_is_shipped_for_the_grafana_sidecar(rendered_sets):
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Deliveries by outcome", "Events by status", "Workflow runs by result",
             "Workflow errors by step", "Flags in force per pod", "Queue depth per pod",
-            "Zoho request latency"} <= titles
+            "Zoho request latency", "Dead letters", "Redis reachable and leases lost"} <= titles
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}"
@@ -581,13 +689,23 @@ def test_dashboard_is_shipped_for_the_grafana_sidecar(rendered_sets):
 def test_notes_give_the_webhook_url_and_the_rollout_commands():
     text = chart.notes(chart.load_values("ingress-cert-manager"))
     assert "https://hooks.example.org/webhook/zoho-desk" in text
-    assert "--set webhookAutomation.spec.automation.respond=true" in text
+    # The default owner: kubectl patches the resource, which the chart never renders again.
     assert "kubectl -n deskhook patch webhookautomation deskhook" in text
+    assert "never renders it again" in text
+    assert "--set webhookAutomation.spec.automation.respond=true" not in text
+    assert "kubectl apply --server-side -f charts/deskhook/crds/" in text
+    assert "--reset-then-reuse-values" in text and "--reuse-values \\" not in text
+    by_values = chart.notes({**chart.load_values("ingress-cert-manager"),
+                             "webhookAutomation": {"owner": "values"}})
+    assert "--set webhookAutomation.spec.automation.respond=true" in by_values
+    assert "field-manager conflict" in by_values
     assert "WARNING" not in text
     assert "WARNING: no verification is configured" in chart.notes({})
     guide = chart.notes(chart.load_values("install-guide"))
     assert "WARNING: no verification is configured" in guide
-    assert "localhost:8080/webhook/decisions" in guide  # the existing Secret holds an admin token
+    # The existing Secret holds the admin token.
+    assert "localhost:9090/webhook/decisions" in guide
+    assert "get secret deskhook-credentials -o jsonpath='{.data.admin-token}'" in guide
 
 
 # --- The README's install guide ------------------------------------------------------------------
@@ -604,39 +722,64 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as `kubectl patch --type merge` applies it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# The README's `kubectl patch` commands of the install guide, in order.
+GUIDE_PATCHES = [
+    {"spec": {"verification": {"zohoJwt": {"orgId": "700000001",
+                                           "webhookIds": ["1892000000123456"]}}}},
+    {"spec": {"automation": {"respond": True}}},
+]
+# Its `helm upgrade --reset-then-reuse-values` steps, with their --set / --set-string flags.
+GUIDE_UPGRADES = [
+    [("set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,dashboard.enabled=true"),
+     ("set-string", "serviceMonitor.labels.release=kube-prometheus-stack"),
+     ("set-string", "prometheusRule.labels.release=kube-prometheus-stack")],
+    [("set", "redis.enabled=true,autoscaling.enabled=true,autoscaling.maxReplicas=6")],
+]
+
+
 def test_install_guide_steps_render_valid_objects(crd):
-    """The README's commands, step by step, as `helm upgrade --reuse-values` would apply them."""
+    """The README's guide step by step: the install, `kubectl patch` on the resource it created,
+    then `helm upgrade`s that leave the resource alone."""
+    readme = (chart.ROOT / "README.md").read_text()
     schema = strict_crd_schema(crd_version(crd)["schema"]["openAPIV3Schema"])
     values = chart.load_values("install-guide")
     # The Secret the guide creates holds exactly the keys the chart reads by default.
     keys = chart.merged_values(values)["secrets"]["existingSecretKeys"]
     assert {k for k in keys.values() if k} == {
         "admin-token", "zoho-client-id", "zoho-client-secret", "zoho-refresh-token"}
-    # One `helm upgrade` per step, with its --set / --set-string flags.
-    steps = [
-        [("set-string", "webhookAutomation.spec.verification.zohoJwt.orgId=700000001"),
-         ("set-string", "webhookAutomation.spec.verification.zohoJwt.webhookIds[0]=1892000000123456")],
-        [("set", "webhookAutomation.spec.automation.respond=true")],
-        [("set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,dashboard.enabled=true"),
-         ("set-string", "serviceMonitor.labels.release=kube-prometheus-stack"),
-         ("set-string", "prometheusRule.labels.release=kube-prometheus-stack")],
-        [("set", "autoscaling.enabled=true,autoscaling.maxReplicas=6")],
-    ]
-    for step in steps:
+    resource = one(chart.render(values), "WebhookAutomation")
+    for patch in GUIDE_PATCHES:
+        assert f"-p '{json.dumps(patch, separators=(',', ':'))}'" in readme, patch
+        resource = merge_patch(resource, patch)
+        body = {k: v for k, v in resource.items() if k not in ("apiVersion", "kind", "metadata")}
+        assert not list(jsonschema.Draft7Validator(schema).iter_errors(body)), patch
+    assert resource["spec"]["verification"]["zohoJwt"] == {"orgId": "700000001",
+                                                           "webhookIds": ["1892000000123456"]}
+    assert resource["spec"]["automation"] == {**FLAGS_LEVEL_1, "respond": True}
+    # The cluster of the guide serves the Prometheus Operator's API; offline, say so.
+    values = merge(values, {"monitoringCapabilityCheck": False})
+    for step in GUIDE_UPGRADES:
         for kind, expression in step:
+            assert f"--{kind} {expression}" in readme, expression
             parse = helm.parse_set_string_values if kind == "set-string" else helm.parse_set_string
             values = merge(values, parse(expression))
-        documents = chart.render(values)
-        resource = one(documents, "WebhookAutomation")
-        body = {k: v for k, v in resource.items() if k not in ("apiVersion", "kind", "metadata")}
-        assert not list(jsonschema.Draft7Validator(schema).iter_errors(body)), step
+        documents = chart.render(values, upgrade=True)
+        assert "WebhookAutomation" not in kinds(documents), "an upgrade rendered the resource"
         for doc in documents:
             if doc.kind not in CUSTOM_KINDS:
                 kubernetes_validate.validate(doc.obj, KUBE_VERSIONS[0], strict=True)
-    spec = one(documents, "WebhookAutomation")["spec"]
-    assert spec["verification"]["zohoJwt"] == {"orgId": "700000001",
-                                               "webhookIds": ["1892000000123456"]}
-    assert spec["automation"] == {**FLAGS_LEVEL_1, "respond": True}
-    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "HorizontalPodAutoscaler"} <= set(
-        kinds(documents))
-    assert "WARNING" not in chart.notes(values)
+    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "HorizontalPodAutoscaler",
+            "StatefulSet"} <= set(kinds(documents))

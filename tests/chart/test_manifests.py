@@ -18,11 +18,15 @@ def test_manifests_are_applicable_in_order():
     order = [d["kind"] for d in documents]
     assert order.index("ServiceAccount") < order.index("RoleBinding") < order.index("Deployment")
     assert order[-1] == "WebhookAutomation"
-    assert all(d["metadata"]["namespace"] == chart.NAMESPACE for d in documents)
-    assert "Secret" not in order, "default values must not create a Secret"
+    assert all(d["metadata"]["namespace"] == chart.NAMESPACE for d in documents
+               if d["kind"] != "ClusterRole")
+    assert "Secret" not in order, "the admin token comes from a Secret the user creates"
+    text = chart.MANIFEST.read_text()
+    assert "registry.example.com/deskhook:" in text and "Replace the image" in text
+    assert "kubectl wait --for=condition=Established" in text
 
 
 def test_drift_check_notices_a_change(tmp_path):
     stale = tmp_path / "deskhook.yaml"
-    stale.write_text(chart.manifest_text().replace("replicas: 2", "replicas: 3"))
+    stale.write_text(chart.manifest_text().replace("replicas: 1", "replicas: 3"))
     assert stale.read_text() != chart.manifest_text()

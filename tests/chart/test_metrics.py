@@ -133,9 +133,10 @@ def needed_families() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def exported(deskhook_bin, tmp_path_factory, zoho_double) -> dict[str, str]:
+def exported(deskhook_bin, tmp_path_factory, zoho_double, external_secrets) -> dict[str, str]:
     """Metric families of the everything-on pod after it handled some traffic."""
-    pod = Pod(deskhook_bin, "everything-on", tmp_path_factory.mktemp("pod"))
+    pod = Pod(deskhook_bin, "everything-on", tmp_path_factory.mktemp("pod"),
+              external=external_secrets)
     for variable in ("DESKHOOK_ZOHO_ACCOUNTS_URL", "DESKHOOK_ZOHO_DESK_URL", "DESKHOOK_ZOHO_CRM_URL"):
         pod.env[variable] = zoho_double
     pod.start()
@@ -199,7 +200,11 @@ def promtool() -> str:
 @pytest.fixture(scope="module")
 def rules_file(tmp_path_factory, promtool) -> Path:
     directory = tmp_path_factory.mktemp("rules")
-    spec = one(chart.render(chart.load_values("everything-on")), "PrometheusRule")["spec"]
+    values = chart.load_values("everything-on")
+    # Every alert, with the `for` the chart gives it.
+    values["prometheusRule"]["alerts"] = {"DeskhookZohoThrottled": {"enabled": True},
+                                          "DeskhookQueueBacklog": {"for": "10m"}}
+    spec = one(chart.render(values), "PrometheusRule")["spec"]
     path = directory / "deskhook-rules.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

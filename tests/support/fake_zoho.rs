@@ -214,11 +214,11 @@ impl FakeZoho {
 
     /// The credentials the fake accepts.
     pub fn credentials() -> OAuthCredentials {
-        OAuthCredentials {
-            client_id: CLIENT_ID.into(),
-            client_secret: Secret::new(CLIENT_SECRET),
-            refresh_token: Secret::new(REFRESH_TOKEN),
-        }
+        OAuthCredentials::new(
+            CLIENT_ID,
+            Secret::new(CLIENT_SECRET),
+            Secret::new(REFRESH_TOKEN),
+        )
     }
 
     /// Options with short retry delays, so tests that go through retries stay fast.
