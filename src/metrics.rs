@@ -13,8 +13,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::config::Settings;
-
 /// Outcomes of `webhook_requests_total`.
 pub const REQUEST_OUTCOMES: &[&str] = &[
     "accepted",
@@ -216,19 +214,6 @@ impl Metrics {
             self.workflow_errors.with_label_values(&[step]);
         }
         self
-    }
-
-    /// Records the flags and generation of the settings now in force.
-    pub fn observe_settings(&self, settings: &Settings) {
-        for (name, on) in settings.flags().named() {
-            let flag = name.trim_start_matches("auto_");
-            self.automation_enabled
-                .with_label_values(&[flag])
-                .set(i64::from(on));
-        }
-        self.config_generation.set(settings.generation);
-        self.queue_capacity
-            .set(i64::from(settings.queue().capacity));
     }
 
     /// The registry, for subsystems that register their own metrics (the Zoho clients, the

@@ -365,7 +365,7 @@ async fn launch(
         );
     }
     let workers = settings.queue().workers as usize;
-    metrics.observe_settings(&settings);
+    settings.record_metrics(&metrics);
     if let Some(path) = &options.config {
         config::watch_spec_file(path.clone(), settings_handle.clone(), metrics.clone());
     }

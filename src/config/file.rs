@@ -126,7 +126,7 @@ pub fn watch_spec_file(
                         "settings reloaded"
                     );
                     handle.replace(settings);
-                    metrics.observe_settings(&handle.current());
+                    handle.current().record_metrics(&metrics);
                 }
                 Err(error) => {
                     metrics.config_reload_errors.inc();

@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 
 use crate::crd::{AutomationFlags, QueueSpec, VerificationSpec, WebhookAutomationSpec, ZohoSpec};
+use crate::metrics::Metrics;
 
 pub use env::{InvalidFlagVariable, seed_flags_in_env, spec_from_env};
 pub use file::{SettingsFileError, load_settings_file, load_spec_file, watch_spec_file};
@@ -122,6 +123,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Records the flags and generation of these settings, now in force, in the gauges that
+    /// show which settings a pod runs.
+    pub fn record_metrics(&self, metrics: &Metrics) {
+        for (name, on) in self.flags().named() {
+            let flag = name.trim_start_matches("auto_");
+            metrics
+                .automation_enabled
+                .with_label_values(&[flag])
+                .set(i64::from(on));
+        }
+        metrics.config_generation.set(self.generation);
+        metrics.queue_capacity.set(i64::from(self.queue().capacity));
+    }
+
     /// Validates a spec into settings.
     pub fn from_spec(
         spec: WebhookAutomationSpec,
@@ -529,5 +544,90 @@ mod tests {
     fn read_only_turns_every_flag_off() {
         let settings = Settings::read_only(spec(), "resource missing", 0);
         assert_eq!(*settings.flags(), AutomationFlags::READ_ONLY);
+    }
+
+    #[test]
+    fn the_schema_lists_the_regions_the_settings_accept() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::crd::WebhookAutomation::crd()).unwrap();
+        let region = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["zoho"]["properties"]["region"];
+        let listed: Vec<&str> = region["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(listed, REGIONS);
+    }
+
+    /// The CEL rules evaluated client-side (kube's `cel` feature) on the objects an API server
+    /// would see: they must accept the reference configuration and refuse what
+    /// `Settings::from_spec` refuses.
+    #[test]
+    fn cel_rules_accept_the_reference_configuration_and_refuse_bad_edits() {
+        use kube::core::cel::validate_cel;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/webhookautomation.yaml");
+        let spec = load_spec_file(&path).unwrap();
+        validate_cel(&crate::crd::WebhookAutomation::new("support", spec)).unwrap();
+
+        let cases = [
+            ("departments: [DOC, doc]", "department names must be unique"),
+            (
+                "routing: [{name: a}, {name: a}]",
+                "routing rule names must be unique",
+            ),
+            (
+                "routing: [{name: a, then: {replyTemplate: missing}}]",
+                "every replyTemplate named by a routing rule must be defined",
+            ),
+            (
+                "routing: [{name: a, when: {deal: [{field: Stage, equals: x, present: true}]}}]",
+                "a deal condition needs exactly one operator",
+            ),
+            (
+                "replies: {llm: {model: m, minChars: 50, maxChars: 10}}",
+                "minChars must not exceed maxChars",
+            ),
+            (
+                "replies: {llm: {url: 'http://127.0.0.1:9/v1', model: m}}",
+                "replies.llm.url is not accepted",
+            ),
+            (
+                "verification: {zohoJwt: {orgId: '1', webhookIds: [w], jwksUrl: 'https://keys.evil.example'}}",
+                "verification.zohoJwt.jwksUrl is not accepted",
+            ),
+            (
+                "queue: {redis: {keyPrefix: other}}",
+                "queue.redis.keyPrefix is not accepted",
+            ),
+            (
+                "limits: {trustedProxies: [0.0.0.0/0]}",
+                "a network wider than /8 (IPv4) or /32 (IPv6)",
+            ),
+            (
+                "limits: {trustedProxies: ['10.0.0.0/8', '::/16']}",
+                "a network wider than /8 (IPv4) or /32 (IPv6)",
+            ),
+        ];
+        for (yaml, message) in cases {
+            let spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
+            assert!(
+                Settings::from_spec(spec.clone(), SettingsSource::Environment, 1).is_err(),
+                "{yaml} is refused by the settings too"
+            );
+            let refused = validate_cel(&crate::crd::WebhookAutomation::new("support", spec))
+                .expect_err(yaml)
+                .to_string();
+            assert!(refused.contains(message), "{yaml}: {refused}");
+        }
+        let fine: WebhookAutomationSpec = serde_yaml::from_str(
+            "departments: [DOC, Contact]\nrouting: [{name: a, then: {replyTemplate: t}}]\n\
+             replies: {templates: {t: hello}}\n\
+             limits: {trustedProxies: ['10.0.0.0/8', '10.1.2.3', '2001:db8::/32']}",
+        )
+        .unwrap();
+        validate_cel(&crate::crd::WebhookAutomation::new("support", fine)).unwrap();
     }
 }

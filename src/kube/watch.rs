@@ -148,7 +148,7 @@ impl SettingsWatcher {
             "settings applied from the WebhookAutomation resource"
         );
         self.handle.replace(settings);
-        self.metrics.observe_settings(&self.handle.current());
+        self.handle.current().record_metrics(&self.metrics);
     }
 
     fn go_read_only(&mut self, why: &str) {
@@ -165,7 +165,7 @@ impl SettingsWatcher {
         );
         let spec = self.handle.current().spec.clone();
         self.handle.replace(Settings::read_only(spec, &reason, 0));
-        self.metrics.observe_settings(&self.handle.current());
+        self.handle.current().record_metrics(&self.metrics);
     }
 }
 
