@@ -17,9 +17,6 @@ use crate::metrics::Metrics;
 use crate::queue::{Job, Queue};
 use crate::workflow::{DecisionReport, StepReport, StepStatus, Workflow};
 
-/// Runs of one job at most, the first included.
-pub const MAX_ATTEMPTS: u32 = 5;
-
 /// What a worker needs.
 #[derive(Clone)]
 pub struct WorkerContext {

@@ -18,6 +18,9 @@ use crate::event::TicketEvent;
 pub use memory::MemoryQueue;
 pub use redis::{RedisQueue, RedisQueueOptions};
 
+/// Runs of one job at most, the first included, where the backend has no setting of its own.
+pub const MAX_ATTEMPTS: u32 = 5;
+
 /// One unit of work: an event and how many times it was tried.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -85,7 +88,7 @@ pub trait Queue: Send + Sync {
     }
     /// Runs of one job at most, the first included.
     fn max_attempts(&self) -> u32 {
-        crate::worker::MAX_ATTEMPTS
+        MAX_ATTEMPTS
     }
     /// Events waiting (not counting running ones).
     fn depth(&self) -> usize;
