@@ -24,7 +24,7 @@ use deskhook::config::{Settings, SettingsSource, load_spec_file};
 use deskhook::crd::AutomationFlags;
 use deskhook::event::TicketEvent;
 use deskhook::metrics::Metrics;
-use deskhook::queue::Job;
+use deskhook::workflow::Run;
 use deskhook::workflow::ledger::MemoryLedger;
 use deskhook::workflow::{AutomationWorkflow, Workflow};
 use deskhook::zoho::ClientOptions;
@@ -149,7 +149,7 @@ async fn measure(scenario: &Scenario, latency: Duration, limit: usize) -> Measur
                         break;
                     }
                     let id = ticket_id(n);
-                    let job = Job {
+                    let job = Run {
                         id: n as u64 + 1,
                         event: TicketEvent::new(
                             id.clone(),

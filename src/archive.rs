@@ -229,13 +229,13 @@ mod tests {
     use super::*;
     use crate::config::{Settings, SettingsSource};
     use crate::event::TicketEvent;
-    use crate::queue::Job;
+    use crate::workflow::Run;
     use crate::workflow::facts::Facts;
 
     fn report(ticket: &str) -> DecisionReport {
         let settings =
             Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
-        let job = Job {
+        let job = Run {
             id: 0,
             event: TicketEvent::manual(ticket.to_owned()),
             attempt: 1,

@@ -15,7 +15,7 @@ use crate::config::{Settings, SettingsHandle};
 use crate::decisions::DecisionLog;
 use crate::metrics::Metrics;
 use crate::queue::{Job, Queue};
-use crate::workflow::{DecisionReport, StepReport, StepStatus, Workflow};
+use crate::workflow::{DecisionReport, Run, StepReport, StepStatus, Workflow};
 
 /// What a worker needs.
 #[derive(Clone)]
@@ -41,8 +41,19 @@ pub fn spawn_workers(context: &WorkerContext, count: usize) -> Vec<tokio::task::
 pub const PANIC_STEP: &str = "panic";
 
 /// Runs the workflow for `job`; a panic becomes a failed, retryable step instead of
-/// unwinding into the caller, which still has a ticket to release.
-pub async fn run_caught(workflow: &dyn Workflow, job: &Job, settings: &Settings) -> DecisionReport {
+/// unwinding into the caller, which still has a ticket to release. The job is lent to the run
+/// and handed back with its report, for the caller to settle with the queue.
+pub async fn run_caught(
+    workflow: &dyn Workflow,
+    job: Job,
+    settings: &Settings,
+) -> (Job, DecisionReport) {
+    let job = Run::from(job);
+    let report = report_of(workflow, &job, settings).await;
+    (Job::from(job), report)
+}
+
+async fn report_of(workflow: &dyn Workflow, job: &Run, settings: &Settings) -> DecisionReport {
     match AssertUnwindSafe(workflow.run(job, settings))
         .catch_unwind()
         .await
@@ -103,7 +114,7 @@ impl WorkerContext {
         while let Some(job) = self.queue.claim().await {
             self.metrics.queue_depth.set(self.queue.depth() as i64);
             let settings = self.settings.current();
-            let report = run_caught(self.workflow.as_ref(), &job, &settings).await;
+            let (job, report) = run_caught(self.workflow.as_ref(), job, &settings).await;
             self.settle(job, report).await;
         }
         tracing::debug!(worker = index, "worker stopped: queue closed and drained");
@@ -170,6 +181,42 @@ impl WorkerContext {
     }
 }
 
+// The queue's job and the workflow's run carry the same facts: each side keeps its own type
+// and the worker, which knows both, moves one into the other.
+impl From<Job> for Run {
+    fn from(job: Job) -> Self {
+        let Job {
+            id,
+            event,
+            attempt,
+            enqueued_at,
+        } = job;
+        Run {
+            id,
+            event,
+            attempt,
+            enqueued_at,
+        }
+    }
+}
+
+impl From<Run> for Job {
+    fn from(run: Run) -> Self {
+        let Run {
+            id,
+            event,
+            attempt,
+            enqueued_at,
+        } = run;
+        Job {
+            id,
+            event,
+            attempt,
+            enqueued_at,
+        }
+    }
+}
+
 /// `dispatch=done link=skipped: flag off …`, for one log line per run; written straight
 /// into the line.
 struct StepSummary<'a>(&'a DecisionReport);
@@ -195,7 +242,7 @@ mod tests {
         use crate::workflow::{StepReport, StepStatus};
         let settings =
             Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
-        let job = Job {
+        let job = Run {
             id: 0,
             event: TicketEvent::manual("7".to_owned()),
             attempt: 1,

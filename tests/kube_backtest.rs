@@ -217,7 +217,7 @@ async fn recorded(n: usize, spec: &Value) -> deskhook::workflow::DecisionReport 
         std::sync::Arc::new(deskhook::workflow::ledger::MemoryLedger::default()),
         None,
     );
-    let job = deskhook::queue::Job {
+    let job = deskhook::workflow::Run {
         id: n as u64,
         event: deskhook::event::TicketEvent::new(
             format!("1987090004383{n:05}"),

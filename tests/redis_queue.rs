@@ -713,7 +713,7 @@ async fn a_manual_run_holds_its_ticket_across_pods_and_an_abandoned_hold_ends() 
 fn report_of(ticket: &str) -> deskhook::workflow::DecisionReport {
     use deskhook::config::{Settings, SettingsSource};
     let settings = Settings::from_spec(Default::default(), SettingsSource::Environment, 1).unwrap();
-    let job = deskhook::queue::Job {
+    let job = deskhook::workflow::Run {
         id: 1,
         event: deskhook::event::TicketEvent::manual(ticket.to_owned()),
         attempt: 1,
@@ -849,7 +849,7 @@ struct AlwaysPanics;
 impl deskhook::workflow::Workflow for AlwaysPanics {
     async fn run(
         &self,
-        job: &deskhook::queue::Job,
+        job: &deskhook::workflow::Run,
         _settings: &deskhook::config::Settings,
     ) -> deskhook::workflow::DecisionReport {
         panic!(

@@ -9,8 +9,8 @@ use std::time::Instant;
 use deskhook::config::{Settings, SettingsSource, WatchedSecrets};
 use deskhook::crd::{AutomationFlags, LlmSpec, WebhookAutomationSpec};
 use deskhook::event::TicketEvent;
-use deskhook::queue::Job;
 use deskhook::workflow::AutomationWorkflow;
+use deskhook::workflow::Run;
 use deskhook::workflow::Workflow;
 use deskhook::workflow::ledger::MemoryLedger;
 use deskhook::workflow::reply::ReplyRewriter;
@@ -43,10 +43,10 @@ replies:
     Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap()
 }
 
-fn job() -> Job {
+fn job() -> Run {
     let payload = json!({"id": "101", "subject": "Ma facture", "email": "client@example.fr",
                          "description": "Je n'ai pas reçu ma facture."});
-    Job {
+    Run {
         id: 1,
         event: TicketEvent::new("101".into(), "Ticket_Add".into(), None, None, payload),
         attempt: 1,

@@ -10,7 +10,7 @@ use deskhook::config::{Settings, SettingsSource, load_spec_file};
 use deskhook::crd::AutomationFlags;
 use deskhook::event::TicketEvent;
 use deskhook::metrics::Metrics;
-use deskhook::queue::Job;
+use deskhook::workflow::Run;
 use deskhook::workflow::ledger::MemoryLedger;
 use deskhook::workflow::{AutomationWorkflow, DecisionReport, StepStatus, Workflow};
 use serde_json::{Value, json};
@@ -83,8 +83,8 @@ async fn seeded_fake_with_subject(subject: &str) -> FakeZoho {
     fake
 }
 
-fn job(id: u64, event_type: &str) -> Job {
-    Job {
+fn job(id: u64, event_type: &str) -> Run {
+    Run {
         id,
         event: TicketEvent::new(
             TICKET.into(),
@@ -302,7 +302,7 @@ async fn a_move_whose_answer_was_lost_is_still_the_jobs_own() {
     assert_eq!(fake.ticket(TICKET).unwrap()["departmentId"], "4");
 
     fake.forget_calls();
-    let retry = Job { attempt: 2, ..job };
+    let retry = Run { attempt: 2, ..job };
     let second = workflow.run(&retry, &dispatch_and_link).await;
     assert_eq!(second.skipped, None);
     assert!(second.succeeded(), "{:?}", second.steps);
@@ -345,7 +345,7 @@ async fn a_retry_after_a_failure_in_the_middle_repeats_no_write() {
     );
 
     fake.forget_calls();
-    let retry = Job { attempt: 2, ..job };
+    let retry = Run { attempt: 2, ..job };
     let second = workflow.run(&retry, &level_three).await;
     assert!(second.succeeded(), "{:?}", second.steps);
     assert_eq!(
@@ -379,7 +379,7 @@ async fn an_update_caused_by_our_own_write_does_not_run_again() {
     );
     assert!(fake.calls().is_empty(), "an echo makes no call at all");
     // A new customer message is never an echo.
-    let message = Job {
+    let message = Run {
         event: TicketEvent::new(
             TICKET.into(),
             "Ticket_Thread_Add".into(),
@@ -471,7 +471,7 @@ async fn a_ticket_in_an_unhandled_department_is_left_alone() {
     let workflow = workflow(&fake, &metrics);
     let report = workflow
         .run(
-            &Job {
+            &Run {
                 event: TicketEvent::new("555".into(), "Ticket_Add".into(), None, None, json!({})),
                 ..job(1, "Ticket_Add")
             },
@@ -498,7 +498,7 @@ async fn a_department_typed_with_other_case_and_accents_is_handled() {
     let metrics = Metrics::new();
     let report = workflow(&fake, &metrics)
         .run(
-            &Job {
+            &Run {
                 event: TicketEvent::new("556".into(), "Ticket_Add".into(), None, None, json!({})),
                 ..job(1, "Ticket_Add")
             },
@@ -522,7 +522,7 @@ async fn offline_the_workflow_routes_from_the_event_and_only_suggests() {
     );
     let report = workflow
         .run(
-            &Job {
+            &Run {
                 event,
                 ..job(1, "Ticket_Add")
             },
@@ -579,7 +579,7 @@ async fn french_routing_avoids_the_original_false_positives() {
         );
         let report = workflow
             .run(
-                &Job {
+                &Run {
                     event,
                     ..job(1, "Ticket_Add")
                 },

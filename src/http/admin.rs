@@ -226,7 +226,7 @@ pub async fn test_run(State(state): State<AppState>, headers: HeaderMap, body: B
             return reply::error(StatusCode::SERVICE_UNAVAILABLE, "Queue unavailable");
         }
     };
-    let report = crate::worker::run_caught(state.workflow.as_ref(), &job, &settings).await;
+    let (job, report) = crate::worker::run_caught(state.workflow.as_ref(), job, &settings).await;
     state.queue.ack(&job).await;
     let success = report.succeeded();
     tracing::info!(ticket_id = %report.ticket_id, success, "manual run finished");

@@ -23,10 +23,9 @@ use super::offline;
 use super::plan::{self, Need, Plan, ReplyPlan, same_name};
 use super::reply::{self, ReplyRewriter, ReplyRules};
 use super::rules;
-use super::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus, Workflow};
+use super::{DealSummary, DecisionReport, ReplySummary, Run, StepReport, StepStatus, Workflow};
 use crate::config::Settings;
 use crate::event::DedupeKey;
-use crate::queue::Job;
 use crate::zoho::{Api, Call, ContentType, Reply, ZohoClients, ZohoError};
 
 /// The ledger entry written just before a move is sent, naming its target department: a move
@@ -89,7 +88,7 @@ enum Flow {
 
 #[async_trait::async_trait]
 impl Workflow for AutomationWorkflow {
-    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+    async fn run(&self, job: &Run, settings: &Settings) -> DecisionReport {
         let mut report = DecisionReport::start(job, settings);
         let span = tracing::info_span!(
             "workflow",
@@ -131,7 +130,7 @@ impl AutomationWorkflow {
     }
 
     /// Reads the facts, plans, and carries the plan out.
-    async fn run_steps(&self, job: &Job, settings: &Settings, report: &mut DecisionReport) {
+    async fn run_steps(&self, job: &Run, settings: &Settings, report: &mut DecisionReport) {
         let event = &job.event;
         let window = Duration::from_secs(settings.zoho().echo_window_seconds);
         if self.echo.is_echo(event, job.enqueued_at, window) {

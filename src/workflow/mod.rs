@@ -29,10 +29,12 @@ pub mod report;
 pub mod rules;
 pub mod text;
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 
 use crate::config::Settings;
-use crate::queue::Job;
+use crate::event::TicketEvent;
 
 pub use automation::AutomationWorkflow;
 pub use report::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus};
@@ -40,9 +42,22 @@ pub use report::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStat
 /// The name of the span around each writing step: exported as a trace, kept out of log lines.
 pub const STEP_SPAN: &str = "step";
 
+/// What one run is given: the event and where its job stands. The workflow's own input, so
+/// that it reads nothing of the queue that holds the job (leases, places in line).
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// The job's id: with the event's dedupe key it names the run's steps in the ledger.
+    pub id: u64,
+    pub event: TicketEvent,
+    /// 1 on the first run.
+    pub attempt: u32,
+    /// When the event was accepted, which tells an echo of deskhook's own write.
+    pub enqueued_at: Instant,
+}
+
 /// Runs the automation for one job.
 #[async_trait]
 pub trait Workflow: Send + Sync {
     /// Runs the job under `settings` and reports every step, failed ones included.
-    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport;
+    async fn run(&self, run: &Run, settings: &Settings) -> DecisionReport;
 }

@@ -4,13 +4,13 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::Run;
 use super::facts::Facts;
 use super::linking::LinkStrategy;
 use super::plan::Intent;
 use super::rules::RoutingDecision;
 use crate::config::Settings;
 use crate::crd::AutomationFlags;
-use crate::queue::Job;
 
 /// What a step did.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub struct DecisionReport {
 }
 
 impl DecisionReport {
-    pub fn start(job: &Job, settings: &Settings) -> Self {
+    pub fn start(job: &Run, settings: &Settings) -> Self {
         let department = job
             .event
             .department_name()

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deskhook::config::{Settings, SettingsSource, WatchedSecrets};
 use deskhook::crd::WebhookAutomationSpec;
-use deskhook::queue::Job;
 use deskhook::server::{self, RunningServer, ServeOptions};
+use deskhook::workflow::Run as WorkflowRun;
 use deskhook::workflow::{DecisionReport, StepReport, StepStatus, Workflow};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -458,7 +458,7 @@ impl GatedWorkflow {
 
 #[async_trait]
 impl Workflow for GatedWorkflow {
-    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+    async fn run(&self, job: &WorkflowRun, settings: &Settings) -> DecisionReport {
         let report = DecisionReport::start(job, settings);
         let run = Run {
             ticket_id: job.event.ticket_id.clone(),
@@ -558,7 +558,7 @@ pub struct RecordingWorkflow;
 
 #[async_trait]
 impl Workflow for RecordingWorkflow {
-    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+    async fn run(&self, job: &WorkflowRun, settings: &Settings) -> DecisionReport {
         let mut report = DecisionReport::start(job, settings);
         for (name, on) in settings.flags().named() {
             let status = if on {
@@ -593,7 +593,7 @@ impl PanicsOnce {
 
 #[async_trait]
 impl Workflow for PanicsOnce {
-    async fn run(&self, job: &Job, settings: &Settings) -> DecisionReport {
+    async fn run(&self, job: &WorkflowRun, settings: &Settings) -> DecisionReport {
         let first = {
             let mut runs = self.runs.lock().expect("not poisoned");
             let count = runs.entry(job.event.ticket_id.clone()).or_default();

@@ -10,7 +10,7 @@ use deskhook::config::{Settings, SettingsSource, load_spec_file};
 use deskhook::crd::{AutomationFlags, WebhookAutomationSpec};
 use deskhook::event::TicketEvent;
 use deskhook::metrics::Metrics;
-use deskhook::queue::Job;
+use deskhook::workflow::Run;
 use deskhook::workflow::ledger::MemoryLedger;
 use deskhook::workflow::{AutomationWorkflow, DecisionReport, Workflow};
 use serde_json::json;
@@ -165,7 +165,7 @@ pub async fn run_cases(fake: &FakeZoho) -> Vec<DecisionReport> {
             let attempts = FakeZoho::fast_options().retry.max_attempts as usize;
             fake.fail_next("move_ticket", attempts, Fault::ServerError);
         }
-        let job = Job {
+        let job = Run {
             id: i as u64 + 1,
             event: TicketEvent::new(
                 case.id.into(),
