@@ -17,7 +17,7 @@ use deskhook::crd::SignatureEncoding;
 use deskhook::kube::KubeOptions;
 use deskhook::queue::redis::QueueAdmin;
 use deskhook::server::{self, RedisAccess, ServeOptions, ZohoAccess};
-use deskhook::shared::{REDIS_URL_VAR, Redis};
+use deskhook::store::{REDIS_URL_VAR, Redis};
 use deskhook::telemetry::{self, LogFormat};
 use deskhook::verify::hmac;
 

@@ -488,8 +488,8 @@ async fn the_exit_code_follows_max_changed() {
 #[tokio::test]
 async fn decisions_stored_in_redis_keep_their_facts_for_a_backtest() {
     use deskhook::config::Secret;
-    use deskhook::shared::Redis;
-    use deskhook::shared::decisions::RedisDecisions;
+    use deskhook::decisions::RedisDecisions;
+    use deskhook::store::Redis;
 
     let Some(redis) = support::redis::RedisServer::start("backtest from Redis") else {
         return;

@@ -626,7 +626,7 @@ async fn the_dead_letter_stream_stops_at_its_cap_and_counts_what_it_drops() {
 /// One pod's queue on `redis`, as `serve` builds it, with a one-second lease.
 fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::queue::RedisQueue> {
     let url = deskhook::config::Secret::new(redis.url());
-    let shared = deskhook::shared::Redis::connect(&url, "deskhook").expect("a valid URL");
+    let shared = deskhook::store::Redis::connect(&url, "deskhook").expect("a valid URL");
     let options = deskhook::queue::RedisQueueOptions {
         consumer: consumer.to_owned(),
         claim_idle: Duration::from_secs(1),
@@ -725,7 +725,7 @@ fn report_of(ticket: &str) -> deskhook::workflow::DecisionReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_link_never_opens_another_tickets_decision() {
     use deskhook::decisions::DecisionLog;
-    use deskhook::shared::decisions::RedisDecisions;
+    use deskhook::decisions::RedisDecisions;
     let Some(mut redis) =
         RedisServer::start("a_decision_link_never_opens_another_tickets_decision")
     else {
@@ -733,7 +733,7 @@ async fn a_decision_link_never_opens_another_tickets_decision() {
     };
     let url = deskhook::config::Secret::new(redis.url());
     let log_of_pod = || {
-        let shared = deskhook::shared::Redis::connect(&url, "deskhook").expect("a valid URL");
+        let shared = deskhook::store::Redis::connect(&url, "deskhook").expect("a valid URL");
         DecisionLog::new(10).with_shared(RedisDecisions::new(shared, 10))
     };
     let (first, second) = (log_of_pod(), log_of_pod());
@@ -897,7 +897,7 @@ async fn a_job_whose_runs_panic_is_dead_lettered_and_frees_its_ticket() {
 
     let url = deskhook::config::Secret::new(redis.url());
     let admin = deskhook::queue::redis::QueueAdmin::new(
-        &deskhook::shared::Redis::connect(&url, "deskhook").unwrap(),
+        &deskhook::store::Redis::connect(&url, "deskhook").unwrap(),
     );
     // Three attempts (the queue's limit), each a panic, then the dead-letter stream; the
     // lease is no longer renewed once the job is there.

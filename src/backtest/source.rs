@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::archive;
 use crate::config::Secret;
-use crate::shared::Redis;
-use crate::shared::decisions::RedisDecisions;
+use crate::decisions::RedisDecisions;
+use crate::store::Redis;
 use crate::workflow::DecisionReport;
 
 /// Decisions `/webhook/decisions` returns at most in one answer.
@@ -38,9 +38,9 @@ pub enum SourceError {
     #[error("failed to read decisions from the admin API: it answered {0}")]
     AdminStatus(StatusCode),
     #[error("failed to connect to Redis")]
-    RedisSetup(#[source] crate::shared::RedisSetupError),
+    RedisSetup(#[source] crate::store::RedisSetupError),
     #[error("failed to read decisions from Redis")]
-    Redis(#[source] crate::shared::RedisError),
+    Redis(#[source] crate::store::RedisError),
     #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
 }

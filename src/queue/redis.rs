@@ -46,7 +46,7 @@ use tokio::sync::Notify;
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
 use crate::event::{DedupeKey, Payload, TicketEvent};
 use crate::metrics::Metrics;
-use crate::shared::{Context, Redis, RedisError, RedisSetupError, now_ms};
+use crate::store::{Context, Redis, RedisError, RedisSetupError, now_ms};
 
 /// The consumer group every pod belongs to.
 const GROUP: &str = "workers";
@@ -415,7 +415,7 @@ impl RedisQueue {
         options: RedisQueueOptions,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, RedisSetupError> {
-        let reader = redis.dedicated(BLOCK + crate::shared::COMMAND_TIMEOUT)?;
+        let reader = redis.dedicated(BLOCK + crate::store::COMMAND_TIMEOUT)?;
         let queue_metrics =
             QueueMetrics::register(metrics).map_err(|_| RedisSetupError::Connection)?;
         let queue = Arc::new(Self {

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::shared::Redis;
-use crate::shared::slots::RedisSlots;
-use crate::shared::tokens::RedisTokenStore;
+use crate::store::Redis;
 use crate::zoho::endpoints::{ACCOUNTS_URL_VAR, CRM_URL_VAR, DESK_URL_VAR};
+use crate::zoho::slots::RedisSlots;
+use crate::zoho::token::RedisTokenStore;
 use crate::zoho::{
     ClientOptions, OAuthCredentials, SharedSlots, TokenSource, ZohoClients, ZohoEndpoints,
     ZohoMetrics, ZohoSetupError,

@@ -1,10 +1,14 @@
 //! Which writes of a job already succeeded, so a retried or reclaimed job repeats none.
 
+mod redis;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+pub use self::redis::RedisLedger;
 
 /// How long a completed step is remembered: longer than any retry schedule.
 const RETENTION: Duration = Duration::from_secs(24 * 3600);

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Redis, RedisError};
+use crate::store::{Context, Redis, RedisError};
 use crate::workflow::DecisionReport;
 
 /// A report as stored in Redis, with its id.

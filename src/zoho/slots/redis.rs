@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Context, Redis, now_ms, unique_token};
+use crate::store::{Context, Redis, now_ms, unique_token};
 use crate::zoho::{Api, SharedSlots};
 
 /// Longest wait for a slot; past it the call runs under the pod's own limit (and a 429 from

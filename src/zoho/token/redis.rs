@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Context, Redis, now_ms, unique_token};
 use crate::config::Secret;
+use crate::store::{Context, Redis, now_ms, unique_token};
 use crate::zoho::{OAuthCredentials, SharedStoreError, SharedToken, SharedTokenStore};
 
 /// Longest lifetime a token read back from Redis is trusted with.
@@ -79,7 +79,7 @@ impl RedisTokenStore {
     }
 }
 
-fn failed(error: super::RedisError) -> SharedStoreError {
+fn failed(error: crate::store::RedisError) -> SharedStoreError {
     SharedStoreError(error.to_string())
 }
 

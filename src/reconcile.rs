@@ -16,11 +16,11 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Context, Redis, RedisError, now_ms};
 use crate::config::{Settings, SettingsHandle};
 use crate::event::TicketEvent;
 use crate::queue::redis::Keys;
 use crate::queue::{AcceptPolicy, Accepted, Queue};
+use crate::store::{Context, Redis, RedisError, now_ms};
 use crate::workflow::connection::ZohoConnector;
 use crate::zoho::ZohoClients;
 

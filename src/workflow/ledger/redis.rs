@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Context, Redis, RedisError};
-use crate::workflow::ledger::{LedgerError, StepLedger};
+use super::{LedgerError, StepLedger};
+use crate::store::{Context, Redis, RedisError};
 
 /// How long a job's completed steps are remembered.
 const RETENTION_SECONDS: u64 = 7 * 24 * 3600;

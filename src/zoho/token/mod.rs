@@ -20,6 +20,8 @@
 //! store also keeps a deployment-wide refresh budget, since Zoho's limit is per refresh
 //! token, not per pod. When the store cannot be reached, the process refreshes on its own.
 
+mod redis;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ use super::error::{Api, Call, ErrorBody, ZohoError, sanitize_code};
 use super::metrics::{RefreshResult, ZohoMetrics};
 use crate::config::Secret;
 use crate::outbound::{ReadError, read_capped};
+
+pub use self::redis::RedisTokenStore;
 
 /// Refreshes allowed per [`REFRESH_PERIOD`], Zoho's own limit per refresh token.
 pub const REFRESH_LIMIT: usize = 10;

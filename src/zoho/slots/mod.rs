@@ -3,11 +3,15 @@
 //! process; each process's semaphore still bounds its own share first, so the shared store is
 //! asked only by calls that would run anyway.
 
+mod redis;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::error::Api;
+
+pub use self::redis::RedisSlots;
 
 /// Slots for calls in flight shared by every process of a deployment.
 #[async_trait]

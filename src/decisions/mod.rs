@@ -15,13 +15,16 @@
 //! this process, a sequence number), so it can never be mistaken for another pod's report
 //! either.
 
+mod redis;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::archive::DecisionArchive;
-use crate::shared::decisions::RedisDecisions;
 use crate::workflow::DecisionReport;
+
+pub use self::redis::RedisDecisions;
 
 /// Reports kept by default.
 pub const DEFAULT_RETAINED: usize = 500;

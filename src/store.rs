@@ -1,25 +1,23 @@
-//! State shared by every pod through Redis: the connection, and the small stores built on it.
+//! The Redis connection every shared store is built on: connecting, key prefixes, timeouts and
+//! errors that name the failed action. The bottom layer of the Redis backend; it knows none of
+//! the stores.
 //!
 //! With several replicas behind a Service (and an autoscaler adding and removing them), what
 //! one pod knows alone is not enough: a job must survive its pod, a duplicate must be seen
 //! whichever pod it reaches, and the Zoho token budget and API concurrency are per portal,
-//! not per pod. Each concern has its own module:
+//! not per pod. Each concern keeps its Redis implementation beside its memory one:
 //!
 //! - `queue::redis` (beside the memory queue) keeps the jobs;
-//! - [`ledger`] remembers which writes of a job succeeded, so a reclaimed job repeats none;
-//! - [`tokens`] shares one Zoho access token between pods, refreshed by one of them at a time;
-//! - [`slots`] limits Zoho calls in flight across pods;
-//! - [`reconcile`] finds ticket changes whose webhook never arrived;
-//! - [`decisions`] keeps recent decision reports for every pod's review console.
+//! - `workflow::ledger::RedisLedger` remembers which writes of a job succeeded, so a reclaimed
+//!   job repeats none;
+//! - `zoho::token::RedisTokenStore` shares one Zoho access token between pods, refreshed by one
+//!   of them at a time;
+//! - `zoho::slots::RedisSlots` limits Zoho calls in flight across pods;
+//! - `decisions::RedisDecisions` keeps recent decision reports for every pod's review console;
+//! - `reconcile` finds ticket changes whose webhook never arrived.
 //!
 //! The Redis URL may carry a password, so it is a [`Secret`] and never appears in a log line
 //! or an error; errors name the action that failed and Redis's error kind only.
-
-pub mod decisions;
-pub mod ledger;
-pub mod reconcile;
-pub mod slots;
-pub mod tokens;
 
 use std::time::Duration;
 
