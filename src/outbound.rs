@@ -10,8 +10,33 @@
 //!   is built with none), so an allowed host cannot hand a request on to another.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use reqwest::Url;
+
+/// The shared HTTP client could not be built (its TLS setup failed).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to build the HTTP client")]
+pub struct ClientError(#[source] reqwest::Error);
+
+/// Builds the HTTP client shared by the JWKS cache and the Zoho clients.
+pub fn http_client() -> Result<reqwest::Client, ClientError> {
+    install_crypto_providers();
+    // No redirects: a destination is trusted by its URL, so a hop elsewhere is never followed.
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("deskhook/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ClientError)
+}
+
+/// One TLS and one JWT crypto provider per process, chosen explicitly.
+fn install_crypto_providers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
 
 /// Why a destination was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

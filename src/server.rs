@@ -24,6 +24,8 @@ use crate::decisions::RedisDecisions;
 use crate::http::{self, AppState, Shared};
 use crate::kube::{KubeError, KubeOptions};
 use crate::metrics::Metrics;
+use crate::outbound::ClientError;
+pub use crate::outbound::http_client;
 use crate::queue::{MemoryQueue, Queue, RedisQueue, RedisQueueOptions};
 use crate::reconcile::Reconciler;
 use crate::store::{Redis, RedisSetupError};
@@ -143,8 +145,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to build the HTTP client")]
-    HttpClient(#[source] reqwest::Error),
+    #[error(transparent)]
+    HttpClient(#[from] ClientError),
     #[error(transparent)]
     Zoho(#[from] ZohoSetupError),
     #[error(transparent)]
@@ -213,25 +215,6 @@ impl RunningServer {
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
     }
-}
-
-/// Builds the HTTP client shared by the JWKS cache and the Zoho clients.
-pub fn http_client() -> Result<reqwest::Client, ServeError> {
-    install_crypto_providers();
-    // No redirects: a destination is trusted by its URL, so a hop elsewhere is never followed.
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("deskhook/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(ServeError::HttpClient)
-}
-
-/// One TLS and one JWT crypto provider per process, chosen explicitly.
-fn install_crypto_providers() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
 /// Starts listeners, workers and watchers with `settings` in force, running the automation

@@ -31,8 +31,8 @@ pub enum Source {
 /// Recorded decisions that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("failed to build the HTTP client")]
-    HttpClient(#[source] crate::server::ServeError),
+    #[error(transparent)]
+    HttpClient(#[from] crate::outbound::ClientError),
     #[error("failed to read decisions from the admin API: {0}")]
     Admin(String),
     #[error("failed to read decisions from the admin API: it answered {0}")]
@@ -55,7 +55,7 @@ impl Source {
     pub async fn load(&self) -> Result<Vec<DecisionReport>, SourceError> {
         match self {
             Source::Admin { url, token } => {
-                let http = crate::server::http_client().map_err(SourceError::HttpClient)?;
+                let http = crate::outbound::http_client()?;
                 let url = format!("{}/webhook/decisions", url.trim_end_matches('/'));
                 let answer = http
                     .get(url)
