@@ -547,10 +547,9 @@ async fn backtest(args: BacktestArgs) -> anyhow::Result<()> {
         settings: args.settings,
         baseline: match (args.baseline, args.kube) {
             (Some(path), _) => Baseline::File(path),
-            (None, Some(name)) => Baseline::Kube {
-                name,
-                namespace: args.namespace,
-            },
+            (None, Some(name)) => Baseline::Live(Box::new(
+                deskhook::kube::live_settings(&name, args.namespace.as_deref()).await?,
+            )),
             (None, None) => Baseline::Recorded,
         },
         since: args.since,

@@ -45,11 +45,9 @@ pub enum Baseline {
     Recorded,
     /// A `WebhookAutomation` file.
     File(PathBuf),
-    /// The live resource in Kubernetes.
-    Kube {
-        name: String,
-        namespace: Option<String>,
-    },
+    /// The settings of the live resource in Kubernetes, read by the caller
+    /// (`kube::live_settings`): the backtest itself reads no cluster.
+    Live(Box<Settings>),
 }
 
 /// What a backtest found.
@@ -68,24 +66,24 @@ pub enum BacktestError {
     Settings(#[from] SettingsFileError),
     #[error(transparent)]
     Source(#[from] source::SourceError),
-    #[error(transparent)]
-    Kube(#[from] crate::kube::KubeError),
 }
 
 impl Backtest {
     /// Loads both settings and the recorded decisions, and compares.
     pub async fn run(&self) -> Result<Finding, BacktestError> {
         let new = load_settings_file(&self.settings, 0)?;
+        let file_baseline;
         let baseline = match &self.baseline {
             Baseline::Recorded => None,
-            Baseline::File(path) => Some(load_settings_file(path, 0)?),
-            Baseline::Kube { name, namespace } => {
-                Some(crate::kube::live_settings(name, namespace.as_deref()).await?)
+            Baseline::File(path) => {
+                file_baseline = load_settings_file(path, 0)?;
+                Some(&file_baseline)
             }
+            Baseline::Live(settings) => Some(settings.as_ref()),
         };
         let recorded = self.source.load().await?;
         let decisions = source::select(recorded, SystemTime::now(), self.since, self.limit);
-        let comparison = compare(&decisions, &new, baseline.as_ref());
+        let comparison = compare(&decisions, &new, baseline);
         let output = render::render(&comparison, self.format);
         let too_many_changed = self
             .max_changed
