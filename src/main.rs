@@ -16,6 +16,7 @@ use deskhook::config::{Secret, WatchedSecrets};
 use deskhook::crd::SignatureEncoding;
 use deskhook::kube::KubeOptions;
 use deskhook::queue::redis::QueueAdmin;
+use deskhook::queue::render;
 use deskhook::server::{self, RedisAccess, ServeOptions, ZohoAccess};
 use deskhook::store::{REDIS_URL_VAR, Redis};
 use deskhook::telemetry::{self, LogFormat};
@@ -460,67 +461,30 @@ async fn queue(args: QueueArgs) -> anyhow::Result<()> {
     let url = env(REDIS_URL_VAR).with_context(|| format!("{REDIS_URL_VAR} is not set"))?;
     let redis = Redis::connect(&Secret::new(url), &args.key_prefix)?;
     let admin = QueueAdmin::new(&redis);
-    let print_json = |value: serde_json::Value| {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON prints")
-        );
+    let format = if args.json {
+        render::Format::Json
+    } else {
+        render::Format::Text
     };
-    match args.command {
-        QueueCommand::Stats => {
-            let stats = admin.stats().await?;
-            if args.json {
-                print_json(serde_json::to_value(&stats)?);
-            } else {
-                println!("waiting       {}", stats.waiting);
-                println!("running       {}", stats.running);
-                println!("dead letters  {}", stats.dead_letters);
-                for consumer in &stats.consumers {
-                    println!(
-                        "consumer {:<30} holds {:>4}  idle {:.1}s",
-                        consumer.name,
-                        consumer.pending,
-                        consumer.idle_ms as f64 / 1000.0
-                    );
-                }
-            }
-        }
-        QueueCommand::DeadLetters { limit } => {
-            let letters = admin.dead_letters(limit).await?;
-            if args.json {
-                print_json(serde_json::to_value(&letters)?);
-            } else if letters.is_empty() {
-                println!("no dead letters");
-            } else {
-                for letter in &letters {
-                    println!(
-                        "{}  ticket {}  {}  attempts {}  error: {}",
-                        letter.id,
-                        letter.ticket_id,
-                        letter.event_type.as_deref().unwrap_or("?"),
-                        letter.attempts,
-                        letter.error
-                    );
-                }
-            }
-        }
+    let (output, missing) = match args.command {
+        QueueCommand::Stats => (render::stats(&admin.stats().await?, format)?, false),
+        QueueCommand::DeadLetters { limit } => (
+            render::dead_letters(&admin.dead_letters(limit).await?, format)?,
+            false,
+        ),
         QueueCommand::Replay { id, all } => {
             let replayed = match (id, all) {
                 (_, true) => admin.replay_all().await?,
                 (Some(id), false) => vec![admin.replay(&id).await?],
                 (None, false) => bail!("give a dead letter id or --all"),
             };
-            if args.json {
-                print_json(serde_json::to_value(&replayed)?);
-            } else {
-                for one in &replayed {
-                    println!("{}  {}", one.id, one.outcome);
-                }
-            }
-            if replayed.iter().any(|r| r.outcome == "missing") {
-                bail!("no such dead letter");
-            }
+            let missing = replayed.iter().any(|r| r.outcome == "missing");
+            (render::replayed(&replayed, format)?, missing)
         }
+    };
+    print!("{output}");
+    if missing {
+        bail!("no such dead letter");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 mod memory;
 pub mod redis;
+pub mod render;
 
 use std::time::{Duration, Instant};
 
