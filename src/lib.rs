@@ -36,6 +36,7 @@
 //! wiring of a running process.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod archive;
 pub mod backtest;
 pub mod config;

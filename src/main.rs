@@ -1,25 +1,21 @@
 //! The `deskhook` command: parse the command line, start logging, call the library.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
-use deskhook::archive::{ArchiveLimits, DecisionArchive};
+use deskhook::app::{App, ServeConfig};
 use deskhook::backtest::render::Format;
 use deskhook::backtest::source::Source;
 use deskhook::backtest::{Backtest, Baseline, MaxChanged};
-use deskhook::config::{Secret, WatchedSecrets};
+use deskhook::config::Secret;
 use deskhook::crd::SignatureEncoding;
-use deskhook::kube::KubeOptions;
 use deskhook::queue::redis::QueueAdmin;
 use deskhook::queue::render;
-use deskhook::server::{self, RedisAccess, ServeOptions, ZohoAccess};
 use deskhook::store::{REDIS_URL_VAR, Redis};
-use deskhook::telemetry::{self, LogFormat};
+use deskhook::telemetry;
 use deskhook::verify::hmac;
 
 /// mimalloc: faster than the system allocator on the intake path, and smaller when idle.
@@ -40,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Receive Zoho Desk webhooks and run the automation.
-    Serve(ServeArgs),
+    Serve(Box<ServeConfig>),
     /// Print the WebhookAutomation CustomResourceDefinition (YAML), generated from the types.
     Crd,
     /// Print the HMAC-SHA256 signature of standard input with the first ZOHO_WEBHOOK_SECRET key.
@@ -124,7 +120,7 @@ struct QueueArgs {
         env = "DESKHOOK_REDIS_KEY_PREFIX",
         default_value = "deskhook",
         global = true,
-        value_parser = key_prefix
+        value_parser = deskhook::app::key_prefix
     )]
     key_prefix: String,
     /// Print JSON instead of text.
@@ -155,143 +151,6 @@ enum QueueCommand {
     },
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    /// A WebhookAutomation YAML file, watched for edits. Without it, settings come from the
-    /// seed's WEBHOOK_AUTO_* environment variables.
-    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
-    config: Option<PathBuf>,
-    /// Read the settings from a WebhookAutomation resource in Kubernetes and keep watching it
-    /// (namespace from POD_NAMESPACE, else the kubeconfig's; credentials in-cluster or from
-    /// the kubeconfig).
-    #[arg(long, requires = "resource")]
-    kube: bool,
-    /// Name of the WebhookAutomation resource watched with --kube.
-    #[arg(long, value_name = "NAME", env = "DESKHOOK_RESOURCE")]
-    resource: Option<String>,
-    /// Address of the webhook listener [default: WEBHOOK_HOST:WEBHOOK_PORT, else 0.0.0.0:5000].
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    /// Address of the metrics and admin listener.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
-    metrics_listen: SocketAddr,
-    /// A file of HMAC secrets (one per line or comma-separated), re-read when it changes.
-    #[arg(long, value_name = "FILE")]
-    hmac_secret_file: Option<PathBuf>,
-    /// A file holding the admin token for /webhook/test and /webhook/decisions.
-    #[arg(long, value_name = "FILE")]
-    admin_token_file: Option<PathBuf>,
-    /// Accept deliveries without verifying them. For local experiments only.
-    #[arg(long)]
-    insecure_no_verification: bool,
-    /// Seconds to stay in service, not ready, after SIGTERM before refusing deliveries.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    shutdown_delay: u64,
-    /// Seconds queued work may take to finish after SIGTERM.
-    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
-    shutdown_grace: u64,
-    /// Decision reports kept in memory for /webhook/decisions and the review console.
-    #[arg(
-        long,
-        value_name = "COUNT",
-        env = "DESKHOOK_DECISIONS_RETAINED",
-        default_value_t = deskhook::decisions::DEFAULT_RETAINED as u32,
-        value_parser = clap::value_parser!(u32).range(1..=100_000)
-    )]
-    decisions_retained: u32,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "auto", env = "DESKHOOK_LOG_FORMAT")]
-    log_format: LogFormat,
-    /// Also append each decision with its facts to rotated JSONL files in this directory,
-    /// for `deskhook backtest --archive`. The files hold customer data.
-    #[arg(long, value_name = "DIR", env = "DESKHOOK_ARCHIVE_DIR")]
-    archive: Option<PathBuf>,
-    /// Size of an archive file before it is rotated, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "archive",
-          value_parser = clap::value_parser!(u64).range(1..=4096))]
-    archive_file_mib: u64,
-    /// Rotated archive files kept besides the current one.
-    #[arg(long, value_name = "COUNT", default_value_t = 20, requires = "archive")]
-    archive_files: usize,
-    #[command(flatten)]
-    trust: TrustArgs,
-}
-
-/// Where secrets and customer data may go, and who may read the console: the installer's
-/// choices, never the WebhookAutomation resource's.
-#[derive(Args)]
-struct TrustArgs {
-    /// Base URL of the OpenAI-compatible model that rewrites replies (https, or http to this
-    /// machine); it receives DESKHOOK_LLM_API_KEY and reply text. Without it replies are never
-    /// rewritten.
-    #[arg(long, value_name = "URL", env = "DESKHOOK_LLM_URL", value_parser = llm_url)]
-    llm_url: Option<reqwest::Url>,
-    /// Where Zoho's webhook signing keys are fetched [default: the region's Desk host].
-    #[arg(long, value_name = "URL", env = "DESKHOOK_JWKS_URL", value_parser = jwks_url)]
-    jwks_url: Option<reqwest::Url>,
-    /// Serve the review console without an admin token. Accepted only when --metrics-listen is
-    /// a loopback address.
-    #[arg(long)]
-    console_open: bool,
-    /// Host names the console answers to besides localhost, 127.0.0.1 and ::1 (comma-separated),
-    /// such as the admin Service's DNS names.
-    #[arg(
-        long,
-        value_name = "HOSTS",
-        env = "DESKHOOK_ADMIN_ALLOWED_HOSTS",
-        value_delimiter = ','
-    )]
-    admin_allowed_hosts: Vec<String>,
-    /// Bytes of request bodies held at once across the webhook listener's connections; past
-    /// it a delivery gets 503 and Retry-After.
-    #[arg(
-        long,
-        value_name = "BYTES",
-        env = "DESKHOOK_MAX_BUFFERED_BODY_BYTES",
-        default_value_t = deskhook::http::DEFAULT_BODY_BUDGET_BYTES,
-        value_parser = clap::value_parser!(u64).range(1_048_576..=4_294_967_295).map(|b| b as usize)
-    )]
-    max_buffered_body_bytes: usize,
-    /// Prefix of every Redis key of this deployment, so several can share one Redis.
-    #[arg(
-        long,
-        value_name = "PREFIX",
-        env = "DESKHOOK_REDIS_KEY_PREFIX",
-        default_value = "deskhook",
-        value_parser = key_prefix
-    )]
-    redis_key_prefix: String,
-    /// Dead letters kept in Redis at most; the oldest are dropped (and counted) past it.
-    #[arg(
-        long,
-        value_name = "COUNT",
-        env = "DESKHOOK_DEAD_LETTER_MAX",
-        default_value_t = deskhook::queue::redis::DEFAULT_DEAD_LETTER_MAX,
-        value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize)
-    )]
-    dead_letter_max: usize,
-}
-
-fn llm_url(text: &str) -> Result<reqwest::Url, String> {
-    deskhook::outbound::destination("DESKHOOK_LLM_URL", text).map_err(|e| e.to_string())
-}
-
-fn jwks_url(text: &str) -> Result<reqwest::Url, String> {
-    deskhook::outbound::destination("DESKHOOK_JWKS_URL", text).map_err(|e| e.to_string())
-}
-
-fn key_prefix(text: &str) -> Result<String, String> {
-    let valid = (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-    if valid {
-        Ok(text.to_owned())
-    } else {
-        Err("1 to 64 characters among letters, digits and _ . : -".to_owned())
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -310,15 +169,15 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("failed to start the async runtime")?
             .block_on(backtest(args)),
-        Command::Serve(args) => {
-            let telemetry = telemetry::init(args.log_format);
+        Command::Serve(config) => {
+            let telemetry = telemetry::init(config.log_format);
             let outcome = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?
-                .block_on(serve(args));
+                .block_on(async { App::build(*config)?.run(shutdown_signal()).await });
             telemetry.shutdown();
-            outcome
+            Ok(outcome?)
         }
     }
 }
@@ -348,113 +207,6 @@ fn sign(base64: bool) -> anyhow::Result<()> {
     };
     println!("{}", hmac::sign_encoded(&key, &body, encoding));
     Ok(())
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let listen = match args.listen {
-        Some(addr) => addr,
-        None => {
-            let host = env("WEBHOOK_HOST").unwrap_or_else(|| "0.0.0.0".into());
-            let port = env("WEBHOOK_PORT").unwrap_or_else(|| "5000".into());
-            format!("{host}:{port}").parse().with_context(|| {
-                format!("WEBHOOK_HOST:WEBHOOK_PORT ({host}:{port}) is not an address")
-            })?
-        }
-    };
-    let hmac_secrets =
-        WatchedSecrets::load(env("ZOHO_WEBHOOK_SECRET").as_deref(), args.hmac_secret_file)?;
-    let admin_tokens = WatchedSecrets::load(
-        env("DESKHOOK_ADMIN_TOKEN").as_deref(),
-        args.admin_token_file,
-    )?;
-    let standard_webhooks_secrets =
-        WatchedSecrets::load(env("DESKHOOK_STANDARD_WEBHOOKS_SECRET").as_deref(), None)?;
-    if standard_webhooks_secrets
-        .current()
-        .iter()
-        .any(|secret| deskhook::verify::standard::decode_secret(secret).is_none())
-    {
-        bail!("DESKHOOK_STANDARD_WEBHOOKS_SECRET holds a secret that is not whsec_<base64>");
-    }
-    let kube = match (args.kube, args.resource) {
-        (true, Some(resource)) => Some(kube_options(resource)),
-        _ => None,
-    };
-    let settings = match &kube {
-        Some(_) => deskhook::kube::initial_settings(env),
-        None => server::initial_settings(args.config.as_deref(), env)?,
-    };
-    let zoho = ZohoAccess::from_env(env)?;
-    let TrustArgs {
-        llm_url,
-        jwks_url,
-        console_open,
-        admin_allowed_hosts,
-        max_buffered_body_bytes,
-        redis_key_prefix,
-        dead_letter_max,
-    } = args.trust;
-    let options = ServeOptions {
-        zoho,
-        llm_api_key: WatchedSecrets::load(
-            env("DESKHOOK_LLM_API_KEY").as_deref(),
-            env("DESKHOOK_LLM_API_KEY_FILE").map(PathBuf::from),
-        )?,
-        llm_url,
-        jwks_url,
-        console_open,
-        admin_allowed_hosts,
-        max_buffered_body_bytes,
-        listen,
-        metrics_listen: args.metrics_listen,
-        config: args.config,
-        kube,
-        hmac_secrets,
-        standard_webhooks_secrets,
-        admin_tokens,
-        insecure_no_verification: args.insecure_no_verification,
-        shutdown_delay: Duration::from_secs(args.shutdown_delay),
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        decisions_retained: args.decisions_retained as usize,
-        redis: env(REDIS_URL_VAR).map(|url| RedisAccess {
-            url: Secret::new(url),
-            consumer: pod_name(),
-            key_prefix: redis_key_prefix,
-            dead_letter_max,
-        }),
-    };
-    let running = match args.archive {
-        Some(dir) => {
-            let limits = ArchiveLimits {
-                max_file_bytes: args.archive_file_mib * 1024 * 1024,
-                max_files: args.archive_files,
-            };
-            let archive = DecisionArchive::open(&dir, limits)?;
-            server::start_archived(options, settings, archive).await?
-        }
-        None => server::start(options, settings).await?,
-    };
-    let stopper = running.stopper();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stopper.send(true);
-    });
-    running.wait().await;
-    Ok(())
-}
-
-/// Where the resource is and who this pod is, from the downward API's variables.
-fn kube_options(resource: String) -> KubeOptions {
-    let mut options = KubeOptions::new(resource, pod_name());
-    options.namespace = env("POD_NAMESPACE");
-    options
-}
-
-/// This pod's name (downward API), else the host name, else one unique to this process.
-fn pod_name() -> String {
-    env("POD_NAME")
-        .or_else(|| env("HOSTNAME"))
-        .unwrap_or_else(|| format!("deskhook-{}", std::process::id()))
 }
 
 async fn queue(args: QueueArgs) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 
 pub use env::{InvalidFlagVariable, seed_flags_in_env, spec_from_env};
 pub use file::{SettingsFileError, load_settings_file, load_spec_file, watch_spec_file};
-pub use secrets::{Secret, SecretList, WatchedSecrets};
+pub use secrets::{Secret, SecretFileError, SecretList, WatchedSecrets};
 
 /// Zoho data centres deskhook knows the hosts of.
 pub const REGIONS: [&str; 11] = [

@@ -1,0 +1,502 @@
+//! The `deskhook serve` process as one value: its configuration (every flag and environment
+//! variable, parsed by clap in one place) and the application built from it.
+//!
+//! [`App::build`] turns the configuration into the server's options and first settings, and
+//! fails with a typed error before anything listens; [`App::run`] starts it and runs the
+//! shutdown sequence (written once, in [`crate::server`]) when `shutdown` completes. `main` only
+//! parses the command line, starts telemetry and hands over.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use clap::builder::TypedValueParser;
+
+use crate::archive::{ArchiveError, ArchiveLimits, DecisionArchive};
+use crate::config::{Secret, SecretFileError, Settings, WatchedSecrets};
+use crate::kube::KubeOptions;
+use crate::server::{self, RedisAccess, ServeError, ServeOptions, ZohoAccess};
+use crate::telemetry::LogFormat;
+use crate::zoho::ZohoSetupError;
+
+#[derive(Args)]
+pub struct ServeConfig {
+    /// A WebhookAutomation YAML file, watched for edits. Without it, settings come from the
+    /// seed's WEBHOOK_AUTO_* environment variables.
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
+    pub config: Option<PathBuf>,
+    /// Read the settings from a WebhookAutomation resource in Kubernetes and keep watching it
+    /// (namespace from POD_NAMESPACE, else the kubeconfig's; credentials in-cluster or from
+    /// the kubeconfig).
+    #[arg(long, requires = "resource")]
+    pub kube: bool,
+    /// Name of the WebhookAutomation resource watched with --kube.
+    #[arg(long, value_name = "NAME", env = "DESKHOOK_RESOURCE")]
+    pub resource: Option<String>,
+    /// Address of the webhook listener [default: WEBHOOK_HOST:WEBHOOK_PORT, else 0.0.0.0:5000].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the metrics and admin listener.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// A file of HMAC secrets (one per line or comma-separated), re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// A file holding the admin token for /webhook/test and /webhook/decisions.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Accept deliveries without verifying them. For local experiments only.
+    #[arg(long)]
+    pub insecure_no_verification: bool,
+    /// Seconds to stay in service, not ready, after SIGTERM before refusing deliveries.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub shutdown_delay: u64,
+    /// Seconds queued work may take to finish after SIGTERM.
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    pub shutdown_grace: u64,
+    /// Decision reports kept in memory for /webhook/decisions and the review console.
+    #[arg(
+        long,
+        value_name = "COUNT",
+        env = "DESKHOOK_DECISIONS_RETAINED",
+        default_value_t = crate::decisions::DEFAULT_RETAINED as u32,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub decisions_retained: u32,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "auto", env = "DESKHOOK_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Also append each decision with its facts to rotated JSONL files in this directory,
+    /// for `deskhook backtest --archive`. The files hold customer data.
+    #[arg(long, value_name = "DIR", env = "DESKHOOK_ARCHIVE_DIR")]
+    pub archive: Option<PathBuf>,
+    /// Size of an archive file before it is rotated, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "archive",
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub archive_file_mib: u64,
+    /// Rotated archive files kept besides the current one.
+    #[arg(long, value_name = "COUNT", default_value_t = 20, requires = "archive")]
+    pub archive_files: usize,
+    #[command(flatten)]
+    pub trust: TrustConfig,
+    #[command(flatten)]
+    pub environment: EnvironmentConfig,
+}
+
+/// Where secrets and customer data may go, and who may read the console: the installer's
+/// choices, never the WebhookAutomation resource's.
+#[derive(Args)]
+pub struct TrustConfig {
+    /// Base URL of the OpenAI-compatible model that rewrites replies (https, or http to this
+    /// machine); it receives DESKHOOK_LLM_API_KEY and reply text. Without it replies are never
+    /// rewritten.
+    #[arg(long, value_name = "URL", env = "DESKHOOK_LLM_URL", value_parser = llm_url)]
+    pub llm_url: Option<reqwest::Url>,
+    /// Where Zoho's webhook signing keys are fetched [default: the region's Desk host].
+    #[arg(long, value_name = "URL", env = "DESKHOOK_JWKS_URL", value_parser = jwks_url)]
+    pub jwks_url: Option<reqwest::Url>,
+    /// Serve the review console without an admin token. Accepted only when --metrics-listen is
+    /// a loopback address.
+    #[arg(long)]
+    pub console_open: bool,
+    /// Host names the console answers to besides localhost, 127.0.0.1 and ::1 (comma-separated),
+    /// such as the admin Service's DNS names.
+    #[arg(
+        long,
+        value_name = "HOSTS",
+        env = "DESKHOOK_ADMIN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub admin_allowed_hosts: Vec<String>,
+    /// Bytes of request bodies held at once across the webhook listener's connections; past
+    /// it a delivery gets 503 and Retry-After.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "DESKHOOK_MAX_BUFFERED_BODY_BYTES",
+        default_value_t = crate::http::DEFAULT_BODY_BUDGET_BYTES,
+        value_parser = clap::value_parser!(u64).range(1_048_576..=4_294_967_295).map(|b| b as usize)
+    )]
+    pub max_buffered_body_bytes: usize,
+    /// Prefix of every Redis key of this deployment, so several can share one Redis.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "DESKHOOK_REDIS_KEY_PREFIX",
+        default_value = "deskhook",
+        value_parser = key_prefix
+    )]
+    pub redis_key_prefix: String,
+    /// Dead letters kept in Redis at most; the oldest are dropped (and counted) past it.
+    #[arg(
+        long,
+        value_name = "COUNT",
+        env = "DESKHOOK_DEAD_LETTER_MAX",
+        default_value_t = crate::queue::redis::DEFAULT_DEAD_LETTER_MAX,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize)
+    )]
+    pub dead_letter_max: usize,
+}
+
+/// The variables `serve` reads besides its flags' own: the seed's listen address, the secrets
+/// (never given as flags in practice: a flag shows in the process list) and the pod's
+/// identity from the downward API. Blank values count as unset.
+#[derive(Args)]
+pub struct EnvironmentConfig {
+    /// Host of the webhook listener when --listen is absent (the seed's variable).
+    #[arg(long, value_name = "HOST", env = "WEBHOOK_HOST", hide = true)]
+    pub webhook_host: Option<String>,
+    /// Port of the webhook listener when --listen is absent (the seed's variable).
+    #[arg(long, value_name = "PORT", env = "WEBHOOK_PORT", hide = true)]
+    pub webhook_port: Option<String>,
+    /// HMAC secrets of Zoho's webhooks, comma-separated (with --hmac-secret-file's).
+    #[arg(long, env = "ZOHO_WEBHOOK_SECRET", hide = true, hide_env_values = true)]
+    pub zoho_webhook_secret: Option<String>,
+    /// Admin tokens for /webhook/test, /webhook/decisions and the console (with
+    /// --admin-token-file's).
+    #[arg(
+        long,
+        env = "DESKHOOK_ADMIN_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Standard Webhooks secrets (`whsec_<base64>`); none turns the scheme off.
+    #[arg(
+        long,
+        env = "DESKHOOK_STANDARD_WEBHOOKS_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub standard_webhooks_secret: Option<String>,
+    /// Key of the reply-rewriting model.
+    #[arg(
+        long,
+        env = "DESKHOOK_LLM_API_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub llm_api_key: Option<String>,
+    /// A file holding the model's key, re-read when it changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "DESKHOOK_LLM_API_KEY_FILE",
+        hide = true
+    )]
+    pub llm_api_key_file: Option<PathBuf>,
+    /// The Redis URL (`redis://` or `rediss://`), used when spec.queue.backend is redis.
+    #[arg(long, env = crate::store::REDIS_URL_VAR, hide = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// This pod's name (downward API): its Redis consumer and Kubernetes identity.
+    #[arg(long, value_name = "NAME", env = "POD_NAME", hide = true)]
+    pub pod_name: Option<String>,
+    /// The host name, this pod's name when POD_NAME is not given.
+    #[arg(long, value_name = "NAME", env = "HOSTNAME", hide = true)]
+    pub hostname: Option<String>,
+    /// Namespace of the --kube resource (downward API), else the kubeconfig's.
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE", hide = true)]
+    pub pod_namespace: Option<String>,
+}
+
+/// Why `deskhook serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("failed to read WEBHOOK_HOST:WEBHOOK_PORT ({0}) as a listen address")]
+    ListenAddress(String),
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
+    #[error("failed to read DESKHOOK_STANDARD_WEBHOOKS_SECRET: a secret is not whsec_<base64>")]
+    StandardWebhooksSecret,
+    #[error(transparent)]
+    Zoho(#[from] ZohoSetupError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// A configured `deskhook serve`, ready to run.
+pub struct App {
+    options: ServeOptions,
+    settings: Settings,
+    archive: Option<DecisionArchive>,
+}
+
+impl App {
+    /// Reads secrets, the first settings and the archive; binds nothing yet. The log format
+    /// is `main`'s, which starts telemetry before this runs.
+    pub fn build(config: ServeConfig) -> Result<Self, AppError> {
+        let ServeConfig {
+            config,
+            kube,
+            resource,
+            listen,
+            metrics_listen,
+            hmac_secret_file,
+            admin_token_file,
+            insecure_no_verification,
+            shutdown_delay,
+            shutdown_grace,
+            decisions_retained,
+            log_format: _,
+            archive,
+            archive_file_mib,
+            archive_files,
+            trust:
+                TrustConfig {
+                    llm_url,
+                    jwks_url,
+                    console_open,
+                    admin_allowed_hosts,
+                    max_buffered_body_bytes,
+                    redis_key_prefix,
+                    dead_letter_max,
+                },
+            environment:
+                EnvironmentConfig {
+                    webhook_host,
+                    webhook_port,
+                    zoho_webhook_secret,
+                    admin_token,
+                    standard_webhooks_secret,
+                    llm_api_key,
+                    llm_api_key_file,
+                    redis_url,
+                    pod_name,
+                    hostname,
+                    pod_namespace,
+                },
+        } = config;
+        let listen = match listen {
+            Some(addr) => addr,
+            None => {
+                let host = set(webhook_host).unwrap_or_else(|| "0.0.0.0".into());
+                let port = set(webhook_port).unwrap_or_else(|| "5000".into());
+                let text = format!("{host}:{port}");
+                text.parse().map_err(|_| AppError::ListenAddress(text))?
+            }
+        };
+        let hmac_secrets =
+            WatchedSecrets::load(set(zoho_webhook_secret).as_deref(), hmac_secret_file)?;
+        let admin_tokens = WatchedSecrets::load(set(admin_token).as_deref(), admin_token_file)?;
+        let standard_webhooks_secrets =
+            WatchedSecrets::load(set(standard_webhooks_secret).as_deref(), None)?;
+        if standard_webhooks_secrets
+            .current()
+            .iter()
+            .any(|secret| crate::verify::standard::decode_secret(secret).is_none())
+        {
+            return Err(AppError::StandardWebhooksSecret);
+        }
+        // This pod's name, else the host name, else one unique to this process.
+        let pod_name = set(pod_name)
+            .or_else(|| set(hostname))
+            .unwrap_or_else(|| format!("deskhook-{}", std::process::id()));
+        let kube = match (kube, resource) {
+            (true, Some(resource)) => {
+                let mut options = KubeOptions::new(resource, pod_name.clone());
+                options.namespace = set(pod_namespace);
+                Some(options)
+            }
+            _ => None,
+        };
+        let settings = match &kube {
+            Some(_) => crate::kube::initial_settings(process_env),
+            None => server::initial_settings(config.as_deref(), process_env)?,
+        };
+        let options = ServeOptions {
+            zoho: ZohoAccess::from_env(process_env)?,
+            llm_api_key: WatchedSecrets::load(set(llm_api_key).as_deref(), llm_api_key_file)?,
+            llm_url,
+            jwks_url,
+            console_open,
+            admin_allowed_hosts,
+            max_buffered_body_bytes,
+            listen,
+            metrics_listen,
+            config,
+            kube,
+            hmac_secrets,
+            standard_webhooks_secrets,
+            admin_tokens,
+            insecure_no_verification,
+            shutdown_delay: Duration::from_secs(shutdown_delay),
+            shutdown_grace: Duration::from_secs(shutdown_grace),
+            decisions_retained: decisions_retained as usize,
+            redis: set(redis_url).map(|url| RedisAccess {
+                url: Secret::new(url),
+                consumer: pod_name,
+                key_prefix: redis_key_prefix,
+                dead_letter_max,
+            }),
+        };
+        let archive = match archive {
+            Some(dir) => {
+                let limits = ArchiveLimits {
+                    max_file_bytes: archive_file_mib * 1024 * 1024,
+                    max_files: archive_files,
+                };
+                Some(DecisionArchive::open(&dir, limits)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            options,
+            settings,
+            archive,
+        })
+    }
+
+    /// Starts listening and working; when `shutdown` completes, runs the shutdown sequence
+    /// and returns once it ends.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let running = match self.archive {
+            Some(archive) => server::start_archived(self.options, self.settings, archive).await?,
+            None => server::start(self.options, self.settings).await?,
+        };
+        let stopper = running.stopper();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stopper.send(true);
+        });
+        running.wait().await;
+        Ok(())
+    }
+}
+
+/// A value given and not blank, as the seed's variables were read.
+fn set(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+/// The variables read by name in the library: the Zoho credentials (`ZOHO_*`) and the seed's
+/// automation flags (`WEBHOOK_AUTO_*`), whose full list their readers own.
+fn process_env(name: &str) -> Option<String> {
+    set(std::env::var(name).ok())
+}
+
+fn llm_url(text: &str) -> Result<reqwest::Url, String> {
+    crate::outbound::destination("DESKHOOK_LLM_URL", text).map_err(|e| e.to_string())
+}
+
+fn jwks_url(text: &str) -> Result<reqwest::Url, String> {
+    crate::outbound::destination("DESKHOOK_JWKS_URL", text).map_err(|e| e.to_string())
+}
+
+/// A Redis key prefix: short, and only characters that cannot split or escape a key.
+pub fn key_prefix(text: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("1 to 64 characters among letters, digits and _ . : -".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn build(args: &[&str]) -> Result<App, AppError> {
+        let mut argv = vec!["deskhook", "--metrics-listen", "127.0.0.1:0"];
+        argv.extend_from_slice(args);
+        App::build(Cli::try_parse_from(argv).expect("arguments parse").serve)
+    }
+
+    #[test]
+    fn every_variable_serve_reads_is_an_argument_and_no_secret_is_shown() {
+        let command = Cli::command();
+        let env_of = |name: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_env().is_some_and(|env| env == name))
+                .unwrap_or_else(|| panic!("{name} is not read through the configuration"))
+        };
+        for name in [
+            "WEBHOOK_HOST",
+            "WEBHOOK_PORT",
+            "POD_NAME",
+            "HOSTNAME",
+            "POD_NAMESPACE",
+            "DESKHOOK_RESOURCE",
+            "DESKHOOK_LLM_API_KEY_FILE",
+        ] {
+            env_of(name);
+        }
+        for secret in [
+            "ZOHO_WEBHOOK_SECRET",
+            "DESKHOOK_ADMIN_TOKEN",
+            "DESKHOOK_STANDARD_WEBHOOKS_SECRET",
+            "DESKHOOK_LLM_API_KEY",
+            crate::store::REDIS_URL_VAR,
+        ] {
+            assert!(
+                env_of(secret).is_hide_env_values_set(),
+                "--help would print {secret}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_seed_host_and_port_make_the_listen_address_and_blank_ones_the_default() {
+        let app = build(&[
+            "--insecure-no-verification",
+            "--webhook-host",
+            "127.0.0.2",
+            "--webhook-port",
+            "5001",
+        ])
+        .unwrap();
+        assert_eq!(app.options.listen, "127.0.0.2:5001".parse().unwrap());
+        let app = build(&[
+            "--insecure-no-verification",
+            "--webhook-host",
+            "",
+            "--webhook-port",
+            " ",
+        ])
+        .unwrap();
+        assert_eq!(app.options.listen, "0.0.0.0:5000".parse().unwrap());
+        assert!(matches!(
+            build(&["--webhook-host", "", "--webhook-port", "http"]),
+            Err(AppError::ListenAddress(text)) if text == "0.0.0.0:http"
+        ));
+    }
+
+    #[test]
+    fn a_standard_webhooks_secret_that_is_not_whsec_is_refused_before_anything_starts() {
+        let refused = build(&["--standard-webhooks-secret", "plain"]);
+        assert!(matches!(refused, Err(AppError::StandardWebhooksSecret)));
+    }
+
+    #[test]
+    fn the_pod_name_falls_back_to_the_host_name_for_the_redis_consumer() {
+        let app = build(&[
+            "--insecure-no-verification",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--pod-name",
+            " ",
+            "--hostname",
+            "node-7",
+        ])
+        .unwrap();
+        assert_eq!(app.options.redis.unwrap().consumer, "node-7");
+    }
+}
