@@ -273,17 +273,18 @@ impl App {
         let listen = match listen {
             Some(addr) => addr,
             None => {
-                let host = set(webhook_host).unwrap_or_else(|| "0.0.0.0".into());
-                let port = set(webhook_port).unwrap_or_else(|| "5000".into());
+                let host = non_blank(webhook_host).unwrap_or_else(|| "0.0.0.0".into());
+                let port = non_blank(webhook_port).unwrap_or_else(|| "5000".into());
                 let text = format!("{host}:{port}");
                 text.parse().map_err(|_| AppError::ListenAddress(text))?
             }
         };
         let hmac_secrets =
-            WatchedSecrets::load(set(zoho_webhook_secret).as_deref(), hmac_secret_file)?;
-        let admin_tokens = WatchedSecrets::load(set(admin_token).as_deref(), admin_token_file)?;
+            WatchedSecrets::load(non_blank(zoho_webhook_secret).as_deref(), hmac_secret_file)?;
+        let admin_tokens =
+            WatchedSecrets::load(non_blank(admin_token).as_deref(), admin_token_file)?;
         let standard_webhooks_secrets =
-            WatchedSecrets::load(set(standard_webhooks_secret).as_deref(), None)?;
+            WatchedSecrets::load(non_blank(standard_webhooks_secret).as_deref(), None)?;
         if standard_webhooks_secrets
             .current()
             .iter()
@@ -292,13 +293,13 @@ impl App {
             return Err(AppError::StandardWebhooksSecret);
         }
         // This pod's name, else the host name, else one unique to this process.
-        let pod_name = set(pod_name)
-            .or_else(|| set(hostname))
+        let pod_name = non_blank(pod_name)
+            .or_else(|| non_blank(hostname))
             .unwrap_or_else(|| format!("deskhook-{}", std::process::id()));
         let kube = match (kube, resource) {
             (true, Some(resource)) => {
                 let mut options = KubeOptions::new(resource, pod_name.clone());
-                options.namespace = set(pod_namespace);
+                options.namespace = non_blank(pod_namespace);
                 Some(options)
             }
             _ => None,
@@ -309,7 +310,7 @@ impl App {
         };
         let options = ServeOptions {
             zoho: ZohoAccess::from_env(process_env)?,
-            llm_api_key: WatchedSecrets::load(set(llm_api_key).as_deref(), llm_api_key_file)?,
+            llm_api_key: WatchedSecrets::load(non_blank(llm_api_key).as_deref(), llm_api_key_file)?,
             llm_url,
             jwks_url,
             console_open,
@@ -326,7 +327,7 @@ impl App {
             shutdown_delay: Duration::from_secs(shutdown_delay),
             shutdown_grace: Duration::from_secs(shutdown_grace),
             decisions_retained: decisions_retained as usize,
-            redis: set(redis_url).map(|url| RedisAccess {
+            redis: non_blank(redis_url).map(|url| RedisAccess {
                 url: Secret::new(url),
                 consumer: pod_name,
                 key_prefix: redis_key_prefix,
@@ -370,15 +371,16 @@ impl App {
     }
 }
 
-/// A value given and not blank, as the seed's variables were read.
-fn set(value: Option<String>) -> Option<String> {
+/// A value given and not blank: a variable set to nothing counts as unset, as the seed read
+/// its variables.
+pub fn non_blank(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
 /// The variables read by name in the library: the Zoho credentials (`ZOHO_*`) and the seed's
 /// automation flags (`WEBHOOK_AUTO_*`), whose full list their readers own.
 fn process_env(name: &str) -> Option<String> {
-    set(std::env::var(name).ok())
+    non_blank(std::env::var(name).ok())
 }
 
 fn llm_url(text: &str) -> Result<reqwest::Url, String> {

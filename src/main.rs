@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use deskhook::app::{App, ServeConfig};
+use deskhook::app::{App, ServeConfig, non_blank};
 use deskhook::backtest::render::Format;
 use deskhook::backtest::source::Source;
 use deskhook::backtest::{Backtest, Baseline, MaxChanged};
@@ -44,6 +44,9 @@ enum Command {
         /// Print base64 instead of hex.
         #[arg(long)]
         base64: bool,
+        /// The HMAC secrets, comma-separated; the first signs.
+        #[arg(long, env = "ZOHO_WEBHOOK_SECRET", hide = true, hide_env_values = true)]
+        secret: Option<String>,
     },
     /// Inspect the Redis queue and replay dead letters (DESKHOOK_REDIS_URL).
     Queue(QueueArgs),
@@ -78,6 +81,15 @@ struct BacktestArgs {
     /// Read the recorded decisions from Redis (DESKHOOK_REDIS_URL).
     #[arg(long)]
     redis: bool,
+    #[arg(long, env = REDIS_URL_VAR, hide = true, hide_env_values = true)]
+    redis_url: Option<String>,
+    #[arg(
+        long,
+        env = "DESKHOOK_ADMIN_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
     /// Prefix of deskhook's Redis keys (spec.queue.redis.keyPrefix).
     #[arg(
         long,
@@ -126,6 +138,8 @@ struct QueueArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[arg(long, env = REDIS_URL_VAR, global = true, hide = true, hide_env_values = true)]
+    redis_url: Option<String>,
     #[command(subcommand)]
     command: QueueCommand,
 }
@@ -154,7 +168,7 @@ enum QueueCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sign { base64 } => sign(base64),
+        Command::Sign { base64, secret } => sign(base64, secret),
         Command::Crd => {
             print!("{}", deskhook::crd::crd_yaml());
             Ok(())
@@ -182,12 +196,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn sign(base64: bool) -> anyhow::Result<()> {
-    let Some(secrets) = env("ZOHO_WEBHOOK_SECRET") else {
+fn sign(base64: bool, secret: Option<String>) -> anyhow::Result<()> {
+    let Some(secrets) = non_blank(secret) else {
         bail!("ZOHO_WEBHOOK_SECRET is not set");
     };
     let key = secrets
@@ -210,7 +220,7 @@ fn sign(base64: bool) -> anyhow::Result<()> {
 }
 
 async fn queue(args: QueueArgs) -> anyhow::Result<()> {
-    let url = env(REDIS_URL_VAR).with_context(|| format!("{REDIS_URL_VAR} is not set"))?;
+    let url = non_blank(args.redis_url).with_context(|| format!("{REDIS_URL_VAR} is not set"))?;
     let redis = Redis::connect(&Secret::new(url), &args.key_prefix)?;
     let admin = QueueAdmin::new(&redis);
     let format = if args.json {
@@ -245,12 +255,12 @@ async fn backtest(args: BacktestArgs) -> anyhow::Result<()> {
     let source = match (args.api, args.redis, args.archive) {
         (Some(url), _, _) => Source::Admin {
             url,
-            token: env("DESKHOOK_ADMIN_TOKEN")
+            token: non_blank(args.admin_token)
                 .map(Secret::new)
                 .context("DESKHOOK_ADMIN_TOKEN is not set")?,
         },
         (None, true, _) => Source::Redis {
-            url: env(REDIS_URL_VAR)
+            url: non_blank(args.redis_url)
                 .map(Secret::new)
                 .with_context(|| format!("{REDIS_URL_VAR} is not set"))?,
             key_prefix: args.key_prefix,
