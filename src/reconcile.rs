@@ -19,10 +19,10 @@ use tokio::sync::watch;
 use crate::config::{Settings, SettingsHandle};
 use crate::event::TicketEvent;
 use crate::queue::redis::Keys;
-use crate::queue::{AcceptPolicy, Accepted, Queue};
+use crate::queue::{AcceptPolicy, Accepted, Queue, QueueError};
 use crate::store::{Context, Redis, RedisError, now_ms};
-use crate::workflow::connection::ZohoConnector;
-use crate::zoho::ZohoClients;
+use crate::workflow::connection::{ConnectError, ZohoConnector};
+use crate::zoho::{ZohoClients, ZohoError};
 
 /// Allowed difference between Zoho's clocks and ours.
 const CLOCK_MARGIN: Duration = Duration::from_secs(30);
@@ -44,6 +44,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 "#;
+
+/// A reconciliation round that stopped; the next round starts afresh.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("failed to connect to Zoho: {0}")]
+    Connect(#[from] ConnectError),
+    #[error("failed to list the departments: {0}")]
+    Departments(#[source] ZohoError),
+    #[error("failed to list recently modified tickets: {0}")]
+    Tickets(#[source] ZohoError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("failed to queue a missed change: {0}")]
+    Queue(#[source] QueueError),
+}
 
 /// The elected reconciler of one deployment.
 pub struct Reconciler {
@@ -145,7 +160,7 @@ impl Reconciler {
     }
 
     /// One pass over the handled departments; returns how many tickets were queued.
-    pub async fn round(&self, settings: &Settings) -> Result<usize, String> {
+    pub async fn round(&self, settings: &Settings) -> Result<usize, ReconcileError> {
         let zoho = self.zoho.clients(settings)?;
         let departments = department_ids(&zoho, settings).await?;
         let now = now_ms();
@@ -160,7 +175,7 @@ impl Reconciler {
                 .desk
                 .list_recent_tickets(&department, PER_DEPARTMENT)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(ReconcileError::Tickets)?;
             for ticket in tickets {
                 let Some(modified) = ticket.modified_time.as_deref().and_then(epoch_ms) else {
                     continue;
@@ -175,8 +190,7 @@ impl Reconciler {
                     .arg(self.keys.touched(&ticket.id))
                     .query_async(&mut self.redis.connection())
                     .await
-                    .doing("read when a ticket was last processed")
-                    .map_err(|e| e.to_string())?;
+                    .doing("read when a ticket was last processed")?;
                 if seen.is_some_and(|seen| modified <= seen + CLOCK_MARGIN.as_millis() as u64) {
                     continue;
                 }
@@ -193,7 +207,7 @@ impl Reconciler {
                         queued += 1;
                     }
                     Ok(Accepted::Duplicate) => {}
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => return Err(ReconcileError::Queue(error)),
                 }
             }
         }
@@ -202,8 +216,15 @@ impl Reconciler {
 }
 
 /// Ids of the handled departments (every department when the list is empty).
-async fn department_ids(zoho: &ZohoClients, settings: &Settings) -> Result<Vec<String>, String> {
-    let all = zoho.desk.departments().await.map_err(|e| e.to_string())?;
+async fn department_ids(
+    zoho: &ZohoClients,
+    settings: &Settings,
+) -> Result<Vec<String>, ReconcileError> {
+    let all = zoho
+        .desk
+        .departments()
+        .await
+        .map_err(ReconcileError::Departments)?;
     Ok(all
         .into_iter()
         .filter(|d| settings.handles_department(&d.name))

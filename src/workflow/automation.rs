@@ -148,7 +148,7 @@ impl AutomationWorkflow {
         let zoho = match self.zoho.clients(settings) {
             Ok(zoho) => zoho,
             Err(error) => {
-                let mut step = StepReport::new("fetch", StepStatus::Failed, error);
+                let mut step = StepReport::new("fetch", StepStatus::Failed, error.to_string());
                 step.retryable = false;
                 report.record(step);
                 return;

@@ -56,6 +56,15 @@ struct Portal {
     source_id: Option<String>,
 }
 
+/// Why the settings in force give no Zoho clients: a run reports it as its failed fetch.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("spec.zoho.orgId is not set: Desk calls need the organization id")]
+    MissingOrgId,
+    #[error(transparent)]
+    Endpoints(#[from] ZohoSetupError),
+}
+
 /// Builds clients for the settings in force, once per portal configuration.
 pub struct ZohoConnector {
     http: reqwest::Client,
@@ -101,7 +110,7 @@ impl ZohoConnector {
     }
 
     /// Clients for the portal `settings` describe.
-    pub fn clients(&self, settings: &Settings) -> Result<ZohoClients, String> {
+    pub fn clients(&self, settings: &Settings) -> Result<ZohoClients, ConnectError> {
         let zoho = settings.zoho();
         let portal = Portal {
             region: zoho.region.clone(),
@@ -109,7 +118,7 @@ impl ZohoConnector {
                 .org_id
                 .clone()
                 .filter(|id| !id.trim().is_empty())
-                .ok_or("spec.zoho.orgId is not set: Desk calls need the organization id")?,
+                .ok_or(ConnectError::MissingOrgId)?,
             max_concurrency: zoho.max_concurrency.max(1) as usize,
             source_id: zoho.ignore_source_id.clone(),
         };
@@ -121,8 +130,7 @@ impl ZohoConnector {
         }
         let overrides = &self.access.url_overrides;
         let endpoints =
-            ZohoEndpoints::from_region(&portal.region, |name| overrides.get(name).cloned())
-                .map_err(|e| e.to_string())?;
+            ZohoEndpoints::from_region(&portal.region, |name| overrides.get(name).cloned())?;
         let options = ClientOptions {
             max_concurrency: portal.max_concurrency,
             source_id: portal.source_id.clone(),
@@ -182,7 +190,7 @@ pub enum ZohoConnection {
 
 impl ZohoConnection {
     /// The clients for a run, `None` offline, or why they cannot be had.
-    pub fn clients(&self, settings: &Settings) -> Result<Option<ZohoClients>, String> {
+    pub fn clients(&self, settings: &Settings) -> Result<Option<ZohoClients>, ConnectError> {
         match self {
             Self::Offline => Ok(None),
             Self::Fixed(clients) => Ok(Some(clients.clone())),
