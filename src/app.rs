@@ -6,6 +6,7 @@
 //! shutdown sequence (written once, in [`crate::server`]) when `shutdown` completes. `main` only
 //! parses the command line, starts telemetry and hands over.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -199,6 +200,43 @@ pub struct EnvironmentConfig {
     /// Namespace of the --kube resource (downward API), else the kubeconfig's.
     #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE", hide = true)]
     pub pod_namespace: Option<String>,
+    /// The seed's variables, read by name by their owners: the automation flags and
+    /// departments (`config::spec_from_env`, without --config or --kube), the Zoho
+    /// credentials or their files (`OAuthCredentials::from_env`) and the Zoho URL overrides.
+    #[arg(long, env = "WEBHOOK_AUTO_DISPATCH", hide = true)]
+    pub webhook_auto_dispatch: Option<String>,
+    #[arg(long, env = "WEBHOOK_AUTO_LINK", hide = true)]
+    pub webhook_auto_link: Option<String>,
+    #[arg(long, env = "WEBHOOK_AUTO_RESPOND", hide = true)]
+    pub webhook_auto_respond: Option<String>,
+    #[arg(long, env = "WEBHOOK_AUTO_UPDATE_TICKET", hide = true)]
+    pub webhook_auto_update_ticket: Option<String>,
+    #[arg(long, env = "WEBHOOK_AUTO_UPDATE_DEAL", hide = true)]
+    pub webhook_auto_update_deal: Option<String>,
+    #[arg(long, env = "WEBHOOK_AUTO_ADD_NOTE", hide = true)]
+    pub webhook_auto_add_note: Option<String>,
+    #[arg(long, env = "WEBHOOK_DRAFT_REPLIES", hide = true)]
+    pub webhook_draft_replies: Option<String>,
+    #[arg(long, env = "WEBHOOK_DEPARTMENTS", hide = true)]
+    pub webhook_departments: Option<String>,
+    #[arg(long, env = "ZOHO_CLIENT_ID", hide = true, hide_env_values = true)]
+    pub zoho_client_id: Option<String>,
+    #[arg(long, env = "ZOHO_CLIENT_ID_FILE", hide = true)]
+    pub zoho_client_id_file: Option<String>,
+    #[arg(long, env = "ZOHO_CLIENT_SECRET", hide = true, hide_env_values = true)]
+    pub zoho_client_secret: Option<String>,
+    #[arg(long, env = "ZOHO_CLIENT_SECRET_FILE", hide = true)]
+    pub zoho_client_secret_file: Option<String>,
+    #[arg(long, env = "ZOHO_REFRESH_TOKEN", hide = true, hide_env_values = true)]
+    pub zoho_refresh_token: Option<String>,
+    #[arg(long, env = "ZOHO_REFRESH_TOKEN_FILE", hide = true)]
+    pub zoho_refresh_token_file: Option<String>,
+    #[arg(long, env = "DESKHOOK_ZOHO_ACCOUNTS_URL", hide = true)]
+    pub zoho_accounts_url: Option<String>,
+    #[arg(long, env = "DESKHOOK_ZOHO_DESK_URL", hide = true)]
+    pub zoho_desk_url: Option<String>,
+    #[arg(long, env = "DESKHOOK_ZOHO_CRM_URL", hide = true)]
+    pub zoho_crm_url: Option<String>,
 }
 
 /// Why `deskhook serve` could not start.
@@ -268,8 +306,48 @@ impl App {
                     pod_name,
                     hostname,
                     pod_namespace,
+                    webhook_auto_dispatch,
+                    webhook_auto_link,
+                    webhook_auto_respond,
+                    webhook_auto_update_ticket,
+                    webhook_auto_update_deal,
+                    webhook_auto_add_note,
+                    webhook_draft_replies,
+                    webhook_departments,
+                    zoho_client_id,
+                    zoho_client_id_file,
+                    zoho_client_secret,
+                    zoho_client_secret_file,
+                    zoho_refresh_token,
+                    zoho_refresh_token_file,
+                    zoho_accounts_url,
+                    zoho_desk_url,
+                    zoho_crm_url,
                 },
         } = config;
+        let seed: BTreeMap<&str, String> = [
+            ("WEBHOOK_AUTO_DISPATCH", webhook_auto_dispatch),
+            ("WEBHOOK_AUTO_LINK", webhook_auto_link),
+            ("WEBHOOK_AUTO_RESPOND", webhook_auto_respond),
+            ("WEBHOOK_AUTO_UPDATE_TICKET", webhook_auto_update_ticket),
+            ("WEBHOOK_AUTO_UPDATE_DEAL", webhook_auto_update_deal),
+            ("WEBHOOK_AUTO_ADD_NOTE", webhook_auto_add_note),
+            ("WEBHOOK_DRAFT_REPLIES", webhook_draft_replies),
+            ("WEBHOOK_DEPARTMENTS", webhook_departments),
+            ("ZOHO_CLIENT_ID", zoho_client_id),
+            ("ZOHO_CLIENT_ID_FILE", zoho_client_id_file),
+            ("ZOHO_CLIENT_SECRET", zoho_client_secret),
+            ("ZOHO_CLIENT_SECRET_FILE", zoho_client_secret_file),
+            ("ZOHO_REFRESH_TOKEN", zoho_refresh_token),
+            ("ZOHO_REFRESH_TOKEN_FILE", zoho_refresh_token_file),
+            ("DESKHOOK_ZOHO_ACCOUNTS_URL", zoho_accounts_url),
+            ("DESKHOOK_ZOHO_DESK_URL", zoho_desk_url),
+            ("DESKHOOK_ZOHO_CRM_URL", zoho_crm_url),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| non_blank(value).map(|value| (name, value)))
+        .collect();
+        let seed = |name: &str| seed.get(name).cloned();
         let listen = match listen {
             Some(addr) => addr,
             None => {
@@ -305,11 +383,11 @@ impl App {
             _ => None,
         };
         let settings = match &kube {
-            Some(_) => crate::kube::initial_settings(process_env),
-            None => server::initial_settings(config.as_deref(), process_env)?,
+            Some(_) => crate::kube::initial_settings(seed),
+            None => server::initial_settings(config.as_deref(), seed)?,
         };
         let options = ServeOptions {
-            zoho: ZohoAccess::from_env(process_env)?,
+            zoho: ZohoAccess::from_env(seed)?,
             llm_api_key: WatchedSecrets::load(non_blank(llm_api_key).as_deref(), llm_api_key_file)?,
             llm_url,
             jwks_url,
@@ -375,12 +453,6 @@ impl App {
 /// its variables.
 pub fn non_blank(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
-}
-
-/// The variables read by name in the library: the Zoho credentials (`ZOHO_*`) and the seed's
-/// automation flags (`WEBHOOK_AUTO_*`), whose full list their readers own.
-fn process_env(name: &str) -> Option<String> {
-    non_blank(std::env::var(name).ok())
 }
 
 fn llm_url(text: &str) -> Result<reqwest::Url, String> {
@@ -455,6 +527,37 @@ mod tests {
         }
     }
 
+    /// The readers that own the seed's variables ask for them by name; each name they ask for
+    /// must reach them from the configuration, or setting it would silently do nothing.
+    #[test]
+    fn every_variable_the_seed_readers_ask_for_is_in_the_configuration() {
+        use std::cell::RefCell;
+        let asked = RefCell::new(Vec::<String>::new());
+        let lookup = |name: &str| {
+            asked.borrow_mut().push(name.to_owned());
+            // Credentials present, so the reader goes on to the URL overrides.
+            matches!(
+                name,
+                "ZOHO_CLIENT_ID" | "ZOHO_CLIENT_SECRET" | "ZOHO_REFRESH_TOKEN"
+            )
+            .then(|| "x".to_owned())
+        };
+        crate::config::spec_from_env(lookup).unwrap();
+        crate::config::seed_flags_in_env(lookup);
+        ZohoAccess::from_env(lookup).unwrap();
+        let asked = asked.into_inner();
+        assert!(asked.len() >= 17, "{asked:?}");
+        let command = Cli::command();
+        for name in asked {
+            assert!(
+                command
+                    .get_arguments()
+                    .any(|arg| arg.get_env().is_some_and(|env| env == name.as_str())),
+                "{name} is read by the library but not through the configuration"
+            );
+        }
+    }
+
     #[test]
     fn the_seed_host_and_port_make_the_listen_address_and_blank_ones_the_default() {
         let app = build(&[
@@ -488,9 +591,17 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_name_falls_back_to_the_host_name_for_the_redis_consumer() {
+    fn the_pod_name_falls_back_to_the_host_name_and_the_seed_variables_reach_their_readers() {
         let app = build(&[
             "--insecure-no-verification",
+            "--zoho-client-id",
+            "1000.ID",
+            "--zoho-client-secret",
+            "s3cret",
+            "--zoho-refresh-token",
+            "1000.refresh",
+            "--webhook-auto-dispatch",
+            "true",
             "--redis-url",
             "redis://127.0.0.1:6379",
             "--pod-name",
@@ -500,5 +611,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(app.options.redis.unwrap().consumer, "node-7");
+        assert!(
+            app.options.zoho.is_some(),
+            "the Zoho credentials reach the clients"
+        );
+        assert!(
+            app.settings.flags().dispatch,
+            "the seed's flag reaches the settings"
+        );
     }
 }
