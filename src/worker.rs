@@ -48,13 +48,13 @@ pub async fn run_caught(
     job: Job,
     settings: &Settings,
 ) -> (Job, DecisionReport) {
-    let job = Run::from(job);
-    let report = report_of(workflow, &job, settings).await;
-    (Job::from(job), report)
+    let run = Run::from(job);
+    let report = report_of(workflow, &run, settings).await;
+    (Job::from(run), report)
 }
 
-async fn report_of(workflow: &dyn Workflow, job: &Run, settings: &Settings) -> DecisionReport {
-    match AssertUnwindSafe(workflow.run(job, settings))
+async fn report_of(workflow: &dyn Workflow, run: &Run, settings: &Settings) -> DecisionReport {
+    match AssertUnwindSafe(workflow.run(run, settings))
         .catch_unwind()
         .await
     {
@@ -63,11 +63,11 @@ async fn report_of(workflow: &dyn Workflow, job: &Run, settings: &Settings) -> D
             // The panic hook already printed the message; it may quote customer data, so the
             // report and the structured log say only where it happened.
             tracing::error!(
-                ticket_id = %job.event.ticket_id,
-                attempt = job.attempt,
+                ticket_id = %run.event.ticket_id,
+                attempt = run.attempt,
                 "the workflow panicked; the job is retried or dead-lettered like a failed one"
             );
-            let mut report = DecisionReport::start(job, settings);
+            let mut report = DecisionReport::start(run, settings);
             let mut step = StepReport::new(
                 PANIC_STEP,
                 StepStatus::Failed,
