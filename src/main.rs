@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Receive Zoho Desk webhooks and run the automation.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the WebhookAutomation CustomResourceDefinition (YAML), generated from the types.
     Crd,
     /// Print the HMAC-SHA256 signature of standard input with the first ZOHO_WEBHOOK_SECRET key.
@@ -315,7 +315,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?
-                .block_on(serve(args));
+                .block_on(serve(*args));
             telemetry.shutdown();
             outcome
         }

@@ -56,7 +56,7 @@ impl AdminAccess {
     /// Whether a request whose `Host` header is `host` is addressed to this listener.
     pub fn host_allowed(&self, host: &str) -> bool {
         let name = host_name(host).to_ascii_lowercase();
-        is_loopback_name(&name) || self.allowed_hosts.iter().any(|h| *h == name)
+        is_loopback_name(&name) || self.allowed_hosts.contains(&name)
     }
 }
 
