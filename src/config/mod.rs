@@ -120,6 +120,8 @@ pub struct Settings {
     pub applied_at: SystemTime,
     /// `spec.limits`' networks, parsed once.
     pub networks: limits::Networks,
+    /// `spec.verification.hmac.header`, parsed once: every delivery looks it up.
+    pub hmac_header: axum::http::HeaderName,
 }
 
 impl Settings {
@@ -147,6 +149,7 @@ impl Settings {
         let networks = limits::validate(&spec.limits)?;
         Ok(Self {
             networks,
+            hmac_header: hmac_header(&spec),
             spec,
             generation,
             source,
@@ -161,6 +164,7 @@ impl Settings {
         let networks = limits::validate(&spec.limits).unwrap_or_default();
         Self {
             networks,
+            hmac_header: hmac_header(&spec),
             spec,
             generation,
             source: SettingsSource::ReadOnly(why.to_owned()),
@@ -261,6 +265,13 @@ fn bounded(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), In
 /// break something else, such as Redis refusing a `SET … EX` of a huge window.
 pub const MAX_DEDUPE_WINDOW_SECONDS: u64 = 7 * 86_400;
 pub const MAX_CAPACITY: u64 = 10_000_000;
+
+/// The HMAC signature header's name; the default one when the spec's does not parse (only
+/// read-only settings can hold such a spec).
+fn hmac_header(spec: &WebhookAutomationSpec) -> axum::http::HeaderName {
+    axum::http::HeaderName::from_bytes(spec.verification.hmac.header.as_bytes())
+        .unwrap_or_else(|_| axum::http::HeaderName::from_static("x-zoho-signature"))
+}
 
 fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
     refuse_installer_fields(spec)?;

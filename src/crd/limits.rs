@@ -150,5 +150,5 @@ fn default_max_connections() -> u32 {
 }
 
 fn default_max_connections_per_client() -> u32 {
-    64
+    256
 }

@@ -31,6 +31,8 @@ use crate::verify::Reason;
 /// Pause after a failed `accept` (for example out of file descriptors), so the loop does not
 /// spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Smallest bound on a connection's read buffer.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Serves the public router on `listener` until `shutdown` resolves, then drains.
 pub async fn serve_public(
@@ -89,6 +91,10 @@ pub async fn serve_public(
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout(limits))
             .max_header_size(limits.max_header_bytes as usize)
+            // hyper's read buffer grows to about 400 KB per connection on a fast sender; held
+            // to what the headers need (at least 64 KiB), many connections streaming large
+            // bodies at once cost a bounded amount of memory.
+            .max_buf_size((limits.max_header_bytes as usize + 8192).max(READ_BUFFER_BYTES))
             .keep_alive(true);
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         let state = state.clone();

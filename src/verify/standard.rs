@@ -18,6 +18,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub const ID_HEADER: &str = "webhook-id";
 pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
 pub const SIGNATURE_HEADER: &str = "webhook-signature";
+/// [`SIGNATURE_HEADER`] parsed once, for lookups on every delivery.
+pub const SIGNATURE_HEADER_NAME: axum::http::HeaderName =
+    axum::http::HeaderName::from_static(SIGNATURE_HEADER);
 /// Largest difference between the sender's timestamp and our clock, either way.
 pub const TOLERANCE_SECONDS: i64 = 300;
 /// Longest `webhook-id` read.

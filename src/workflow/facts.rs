@@ -105,6 +105,11 @@ impl Facts {
 }
 
 fn truncate(text: &mut String, max_chars: usize) -> bool {
+    // A text of no more bytes than the limit has no more characters either: most texts, kept
+    // without walking them.
+    if text.len() <= max_chars {
+        return false;
+    }
     match text.char_indices().nth(max_chars) {
         Some((end, _)) => {
             text.truncate(end);
