@@ -32,7 +32,8 @@
 //! `backtest` replaying recorded facts under other settings, `http` the routers and the review console, `kube`
 //! the resource watcher and its status, `shared` the state pods share through Redis, `limits`
 //! the per-client budgets of the public listener, `rejections` the redacted log of refused
-//! requests, `names` the one way names are compared, `region` Zoho's hosts, `metrics` and `telemetry` observability, `server` the
+//! requests, `names` the one way names are compared, `rollout`
+//! the share of tickets each action reaches and its guard, `region` Zoho's hosts, `metrics` and `telemetry` observability, `server` the
 //! wiring of a running process.
 #![forbid(unsafe_code)]
 
@@ -51,6 +52,7 @@ pub mod outbound;
 pub mod queue;
 pub mod region;
 pub mod rejections;
+pub mod rollout;
 pub mod server;
 pub mod shared;
 pub mod telemetry;

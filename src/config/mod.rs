@@ -103,6 +103,8 @@ pub enum InvalidSettings {
         "limits.trustedProxies: {0:?} is wider than a /8 (IPv4) or /32 (IPv6), which would let any client choose its address"
     )]
     TrustedProxyTooWide(String),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::InvalidRollout),
 }
 
 /// The validated settings every part of deskhook reads.
@@ -304,6 +306,7 @@ fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
         }
     }
     validate_routing(spec)?;
+    crate::rollout::validate(&spec.rollout)?;
     let header = &spec.verification.hmac.header;
     if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
         return Err(InvalidSettings::HmacHeader(header.clone()));

@@ -138,6 +138,8 @@ pub fn desired_status(
             condition("Degraded", degraded),
         ],
         last_change: previous.last_change.clone(),
+        rollout: previous.rollout.clone(),
+        rollout_summary: previous.rollout_summary.clone(),
     }
 }
 
