@@ -50,19 +50,22 @@ impl Rollouts {
         )
     }
 
-    /// Whether `ticket_id` is inside `action`'s share; `Ok` also for an action with no
-    /// rollout whose flag is on.
-    pub fn admits(
+    /// Whether `action` may write on `ticket_id`: `Err(None)` when its flag is off,
+    /// `Err(Some(_))` when the ticket is outside the share this pod applies now.
+    pub fn gate(
         &self,
         settings: &Settings,
         action: &str,
         ticket_id: &str,
-    ) -> Result<(), Outside> {
-        let percent = self.percent(settings, action);
-        if percent >= 100 {
+    ) -> Result<(), Option<Outside>> {
+        if !flag(settings, action) {
+            return Err(None);
+        }
+        if settings.spec.rollout.get(action).is_none() {
             return Ok(());
         }
-        admit(bucket(action, ticket_id), percent)
+        let percent = self.percent(settings, action);
+        admit(bucket(action, ticket_id), percent).map_err(Some)
     }
 
     /// Counts one attempted write of `action` at its current step.

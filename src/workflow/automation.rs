@@ -27,6 +27,7 @@ use super::{DealSummary, DecisionReport, ReplySummary, StepReport, StepStatus, W
 use crate::config::Settings;
 use crate::event::DedupeKey;
 use crate::queue::Job;
+use crate::rollout::{Outside, Rollouts};
 use crate::zoho::{Api, Call, ContentType, Reply, ZohoClients, ZohoError};
 
 /// The ledger entry written just before a move is sent, naming its target department: a move
@@ -40,6 +41,7 @@ pub struct AutomationWorkflow {
     ledger: Arc<dyn StepLedger>,
     echo: EchoGuard,
     rewriter: Option<ReplyRewriter>,
+    rollouts: Rollouts,
 }
 
 impl AutomationWorkflow {
@@ -77,7 +79,31 @@ impl AutomationWorkflow {
             ledger,
             echo: EchoGuard::default(),
             rewriter,
+            rollouts: Rollouts::default(),
         }
+    }
+
+    /// Follows the shares `rollouts` publishes and counts this pod's writes in it.
+    pub fn with_rollouts(mut self, rollouts: Rollouts) -> Self {
+        self.rollouts = rollouts;
+        self
+    }
+}
+
+/// The verdict of [`AutomationWorkflow::permits`] for one write, which also counts the write's
+/// outcome towards its action's rollout.
+struct Gate<'a> {
+    rollouts: &'a Rollouts,
+    settings: &'a Settings,
+    action: &'static str,
+    /// `None`: permitted; `Some(None)`: the flag is off; `Some(Some(_))`: outside the share.
+    refused: Option<Option<Outside>>,
+}
+
+impl Gate<'_> {
+    /// An attempted write's outcome, for the guard.
+    fn settled(&self, failed: bool) {
+        self.rollouts.count(self.settings, self.action, failed);
     }
 }
 
@@ -115,18 +141,27 @@ impl AutomationWorkflow {
         Ok(sent.is_some_and(|target| same_name(Some(department), &target)))
     }
 
-    /// Whether `step` may write in this job. Only the step's flag decides today; a share of
-    /// tickets per action would be decided here too.
-    fn permits(&self, settings: &Settings, step: &str) -> bool {
-        let flags = settings.flags();
-        match step {
-            "dispatch" => flags.dispatch,
-            "link" => flags.link,
-            "reply" => flags.respond || flags.draft_replies,
-            "update_ticket" => flags.update_ticket,
-            "update_deal" => flags.update_deal,
-            "add_note" => flags.add_note,
-            _ => false,
+    /// Whether `step` may write on this job's ticket: its flag is on in this job's settings
+    /// and, when the action has a rollout, the ticket's bucket is inside the share this pod
+    /// applies now. `reply` is `respond` when the reply is sent and `draftReplies` when it is
+    /// drafted.
+    fn permits<'a>(&'a self, settings: &'a Settings, step: &str, ticket_id: &str) -> Gate<'a> {
+        let action = match step {
+            "dispatch" => "dispatch",
+            "link" => "link",
+            "reply" => "respond",
+            "draft" => "draftReplies",
+            "update_ticket" => "updateTicket",
+            "update_deal" => "updateDeal",
+            "add_note" => "addNote",
+            _ => "",
+        };
+        let refused = self.rollouts.gate(settings, action, ticket_id).err();
+        Gate {
+            rollouts: &self.rollouts,
+            settings,
+            action,
+            refused,
         }
     }
 
@@ -257,7 +292,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "dispatch",
-                self.permits(settings, "dispatch"),
+                self.permits(settings, "dispatch", &ticket_id),
                 plan.dispatch.clone(),
                 true,
                 || async {
@@ -287,7 +322,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "link",
-                self.permits(settings, "link"),
+                self.permits(settings, "link", &ticket_id),
                 plan.link.clone(),
                 true,
                 || async {
@@ -318,7 +353,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "update_ticket",
-                self.permits(settings, "update_ticket"),
+                self.permits(settings, "update_ticket", &ticket_id),
                 plan.update_ticket.clone(),
                 true,
                 || async {
@@ -344,7 +379,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "update_deal",
-                self.permits(settings, "update_deal"),
+                self.permits(settings, "update_deal", &ticket_id),
                 plan.update_deal.clone(),
                 false,
                 || async {
@@ -379,7 +414,7 @@ impl AutomationWorkflow {
             zoho,
             &job_key,
             "add_note",
-            self.permits(settings, "add_note"),
+            self.permits(settings, "add_note", &ticket_id),
             need,
             false,
             || async {
@@ -460,6 +495,12 @@ impl AutomationWorkflow {
             rewritten,
             mode: mode.to_owned(),
         });
+        // A reply the rules send is `respond`'s even when the rewrite makes it a draft.
+        let reply_action = if planned.mode == "sent" {
+            "reply"
+        } else {
+            "draft"
+        };
         let need = planned.need.clone();
         if need.is_ok() && mode == "suggestion" {
             let detail = "respond and draftReplies are off: the reply is kept as a suggestion";
@@ -483,7 +524,7 @@ impl AutomationWorkflow {
             zoho,
             job_key,
             "reply",
-            self.permits(settings, "reply"),
+            self.permits(settings, reply_action, &ticket_id),
             need,
             true,
             || async {
@@ -508,7 +549,7 @@ impl AutomationWorkflow {
         zoho: Option<&ZohoClients>,
         job_key: &str,
         step: &str,
-        flag: bool,
+        gate: Gate<'_>,
         need: Need,
         writes_ticket: bool,
         action: F,
@@ -532,12 +573,13 @@ impl AutomationWorkflow {
             ));
             return Flow::Continue;
         }
-        if !flag {
-            report.record(StepReport::new(
-                step,
-                StepStatus::SkippedFlagOff,
-                format!("would {what}"),
-            ));
+        if let Some(refused) = gate.refused {
+            // Outside the share reads like a flag that is off, with the bucket that decided.
+            let detail = match refused {
+                None => format!("would {what}"),
+                Some(outside) => format!("{outside}: would {what}"),
+            };
+            report.record(StepReport::new(step, StepStatus::SkippedFlagOff, detail));
             return Flow::Continue;
         }
         match self.ledger.completed(job_key, step).await {
@@ -562,6 +604,7 @@ impl AutomationWorkflow {
         if writes_ticket {
             self.echo.record_write(&report.ticket_id, started);
         }
+        gate.settled(outcome.is_err());
         match outcome {
             Ok(detail) => {
                 self.ledger.record(job_key, step, &detail).await;
