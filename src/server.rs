@@ -308,7 +308,14 @@ fn automation_workflow(
             )
         }
     };
-    Ok((Arc::new(workflow), spare))
+    // With Kubernetes, the shares the status writer publishes; otherwise each rollout stays
+    // at its starting share.
+    let rollouts = options
+        .kube
+        .as_ref()
+        .map(|kube| kube.rollouts.clone())
+        .unwrap_or_default();
+    Ok((Arc::new(workflow.with_rollouts(rollouts)), spare))
 }
 
 /// The Redis connection when `spec.queue.backend` is `redis`.

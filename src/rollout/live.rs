@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::crd::ActionRolloutStatus;
 
 /// The rollout state of one pod, shared by its workers, its status watch and its report.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Rollouts {
     published: Arc<RwLock<Arc<BTreeMap<String, ActionRolloutStatus>>>>,
     tally: Arc<Tally>,
@@ -152,7 +152,7 @@ pub struct TalliedStep {
 
 /// This pod's counts per action, at the step it last counted in. A new step (or spec entry)
 /// starts from zero: the writer judges each step on its own decisions.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Tally {
     steps: Mutex<BTreeMap<String, TalliedStep>>,
 }
