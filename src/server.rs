@@ -315,6 +315,7 @@ fn automation_workflow(
         .as_ref()
         .map(|kube| kube.rollouts.clone())
         .unwrap_or_default();
+    rollouts.metrics(metrics);
     Ok((Arc::new(workflow.with_rollouts(rollouts)), spare))
 }
 

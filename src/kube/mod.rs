@@ -50,7 +50,7 @@ pub use events::{FlagChange, flag_changes};
 pub use health::{DataPlaneHealth, Thresholds};
 pub use lease::{LeaderElector, MemberReport, MemberReporter};
 pub use resource::{Observed, automation_api};
-pub use rollout::{RolloutMetrics, abort_record, desired_rollout};
+pub use rollout::{abort_record, desired_rollout};
 pub use status::{StatusWriter, desired_status};
 pub use watch::SettingsWatcher;
 
@@ -260,7 +260,7 @@ pub async fn start_with_client(
     }
 
     let kube_metrics = watch::KubeMetrics::register(&metrics);
-    let rollout_metrics = RolloutMetrics::register(&metrics);
+    let rollout_metrics = options.rollouts.metrics(&metrics);
     let (observed_tx, observed_rx) = channel::channel(None);
     let (listed_tx, mut listed_rx) = channel::channel(false);
     let watcher = SettingsWatcher::new(

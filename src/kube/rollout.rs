@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::watch;
 
 use super::events::Record;
@@ -18,48 +17,7 @@ use super::lease::MemberReport;
 use super::resource::Observed;
 use crate::config::Settings;
 use crate::crd::{ActionRolloutStatus, ConditionStatus, RolloutState};
-use crate::metrics::Metrics;
-use crate::rollout::{self, Breach, Rollouts, StepCounts};
-
-/// The rollout metrics: the share each pod applies, and the writer's rollbacks.
-#[derive(Clone)]
-pub struct RolloutMetrics {
-    pub percent: IntGaugeVec,
-    pub aborts: IntCounterVec,
-}
-
-impl RolloutMetrics {
-    pub fn register(metrics: &Metrics) -> Self {
-        let registry = metrics.registry();
-        let percent = IntGaugeVec::new(
-            Opts::new(
-                "rollout_percent",
-                "Share of tickets, in percent, each writing action reaches on this pod.",
-            ),
-            &["action"],
-        )
-        .expect("valid metric");
-        let aborts = IntCounterVec::new(
-            Opts::new(
-                "rollout_aborts_total",
-                "Rollouts pulled back to 0 % by the status writer, by action and breached \
-                 measure (failure_ratio, override_ratio).",
-            ),
-            &["action", "reason"],
-        )
-        .expect("valid metric");
-        // Registration fails only if this runs twice for one registry; the metrics then still
-        // count, they are just not exported twice.
-        let _ = registry.register(Box::new(percent.clone()));
-        let _ = registry.register(Box::new(aborts.clone()));
-        for action in rollout::ACTIONS {
-            for reason in ["failure_ratio", "override_ratio"] {
-                aborts.with_label_values(&[action, reason]);
-            }
-        }
-        Self { percent, aborts }
-    }
-}
+use crate::rollout::{self, Breach, RolloutMetrics, Rollouts, StepCounts};
 
 /// `status.rollout` after one evaluation, with the breaches it found.
 pub fn desired_rollout(

@@ -21,13 +21,13 @@ use super::events::{self, Record, flag_changes};
 use super::impact::{self, DecisionSlot};
 use super::lease::{self, LeaderElector, MemberReport};
 use super::resource::{Observed, automation_api};
-use super::rollout::{RolloutMetrics, abort_record, desired_rollout, rolled_back_condition};
+use super::rollout::{abort_record, desired_rollout, rolled_back_condition};
 use super::watch::KubeMetrics;
 use super::{KubeOptions, MANAGER, Timings};
 use crate::config::Settings;
 use crate::config::security::{security_changes, security_settings};
 use crate::crd::{ConditionStatus, LastChange, WebhookAutomationStatus};
-use crate::rollout::Breach;
+use crate::rollout::{Breach, RolloutMetrics};
 
 /// The status the resource should carry now.
 pub fn desired_status(

@@ -5,22 +5,32 @@
 //! `.await`; a worker reads the published shares once per writing step.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use super::RolloutMetrics;
 use super::{Outside, StepCounts, admit, bucket, effective_percent, spec_digest};
 use crate::config::Settings;
 use crate::crd::ActionRolloutStatus;
+use crate::metrics::Metrics;
 
 /// The rollout state of one pod, shared by its workers, its status watch and its report.
 #[derive(Clone, Debug, Default)]
 pub struct Rollouts {
     published: Arc<RwLock<Arc<BTreeMap<String, ActionRolloutStatus>>>>,
     tally: Arc<Tally>,
+    metrics: Arc<OnceLock<RolloutMetrics>>,
 }
 
 impl Rollouts {
+    /// The rollout metrics in `metrics`' registry, registered on the first call.
+    pub fn metrics(&self, metrics: &Metrics) -> RolloutMetrics {
+        self.metrics
+            .get_or_init(|| RolloutMetrics::register(metrics))
+            .clone()
+    }
+
     /// Takes the shares from a new status (every pod calls this when its watch brings one).
     pub fn publish(&self, rollout: &BTreeMap<String, ActionRolloutStatus>) {
         let mut published = self

@@ -12,9 +12,11 @@
 
 mod evaluate;
 mod live;
+mod metrics;
 
 pub use evaluate::{Breach, Evaluation, StepCounts, evaluate, spec_digest, summary};
 pub use live::{Rollouts, TalliedStep, Tally};
+pub use metrics::RolloutMetrics;
 
 use crate::crd::{ActionRollout, ActionRolloutStatus, RolloutState};
 

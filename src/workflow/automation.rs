@@ -20,6 +20,7 @@ use super::facts::{self, CrmDeal, DealLookup, Facts};
 use super::ledger::{LedgerError, StepLedger};
 use super::linking::LinkStrategy;
 use super::offline;
+use super::overrides::{Field, Observation, OverrideWatch};
 use super::plan::{self, Need, Plan, ReplyPlan, same_name};
 use super::reply::{self, ReplyRewriter, ReplyRules};
 use super::rules;
@@ -42,6 +43,7 @@ pub struct AutomationWorkflow {
     echo: EchoGuard,
     rewriter: Option<ReplyRewriter>,
     rollouts: Rollouts,
+    overrides: OverrideWatch,
 }
 
 impl AutomationWorkflow {
@@ -80,6 +82,7 @@ impl AutomationWorkflow {
             echo: EchoGuard::default(),
             rewriter,
             rollouts: Rollouts::default(),
+            overrides: OverrideWatch::default(),
         }
     }
 
@@ -165,6 +168,58 @@ impl AutomationWorkflow {
         }
     }
 
+    /// Counts what a later update shows of people's changes against deskhook's (overrides)
+    /// and against what deskhook would have done (agreement).
+    fn count_people(&self, settings: &Settings, facts: &Facts) {
+        let seen = self.overrides.observe(
+            &facts.ticket_id,
+            facts.department.as_deref(),
+            facts.status.as_deref(),
+        );
+        for observation in seen {
+            match observation {
+                Observation::Override(field) => {
+                    self.rollouts.count_override(settings, field.action())
+                }
+                Observation::Compared { field, agreed } => {
+                    self.rollouts.count_shadow(settings, field.action(), agreed)
+                }
+            }
+        }
+    }
+
+    /// Remembers the value a dispatch or status step just set, or would have set, for as long
+    /// as its rollout's `overrideWindow`. Only actions with a rollout are watched.
+    fn remember(
+        &self,
+        report: &DecisionReport,
+        settings: &Settings,
+        field: Field,
+        value: &str,
+        before: Option<&str>,
+    ) {
+        let step = match field {
+            Field::Department => "dispatch",
+            Field::Status => "update_ticket",
+        };
+        let Some(rollout) = settings.spec.rollout.get(field.action()) else {
+            return;
+        };
+        let Ok(window) = humantime::parse_duration(&rollout.guard.override_window) else {
+            return;
+        };
+        let ticket = &report.ticket_id;
+        match report.steps.iter().rev().find(|s| s.step == step) {
+            Some(s) if s.status == StepStatus::Done => {
+                self.overrides.wrote(ticket, field, value, window)
+            }
+            Some(s) if s.status == StepStatus::SkippedFlagOff => self
+                .overrides
+                .would_have(ticket, field, value, before, window),
+            _ => {}
+        }
+    }
+
     /// Reads the facts, plans, and carries the plan out.
     async fn run_steps(&self, job: &Job, settings: &Settings, report: &mut DecisionReport) {
         let event = &job.event;
@@ -215,6 +270,9 @@ impl AutomationWorkflow {
             StepReport::new("fetch", StepStatus::Done, format!("ticket {source}")),
             started,
         ));
+        if event.event_type == "Ticket_Update" {
+            self.count_people(settings, &facts);
+        }
         report.subject = Some(facts.subject.clone());
         report.ticket_number = facts.ticket_number.clone();
         report.web_url = facts.web_url.clone();
@@ -309,6 +367,10 @@ impl AutomationWorkflow {
                 },
             )
             .await;
+        if let Some(target) = &outcome.department {
+            let before = facts.department.as_deref();
+            self.remember(report, settings, Field::Department, target, before);
+        }
         if let Flow::Stop = flow {
             return;
         }
@@ -366,6 +428,10 @@ impl AutomationWorkflow {
                 },
             )
             .await;
+        if let Some(status) = &outcome.status {
+            let before = facts.status.as_deref();
+            self.remember(report, settings, Field::Status, status, before);
+        }
         if let Flow::Stop = flow {
             return;
         }
