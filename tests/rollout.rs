@@ -203,3 +203,106 @@ async fn failing_moves_past_the_guard_roll_back_and_then_nothing_is_moved() {
     assert_eq!(resumed.status.state, RolloutState::Progressing);
     assert_eq!(resumed.status.percent, 50);
 }
+
+/// A `Ticket_Update` of ticket `n`, accepted `after` from now.
+async fn update(
+    workflow: &AutomationWorkflow,
+    n: u64,
+    settings: &Settings,
+    after: Duration,
+) -> DecisionReport {
+    let id = ticket_id(n);
+    let job = Job {
+        id: 10_000 + n,
+        event: TicketEvent::new(
+            id.clone(),
+            "Ticket_Update".into(),
+            None,
+            Some(2),
+            json!({ "id": id }),
+        ),
+        attempt: 1,
+        enqueued_at: Instant::now() + after,
+    };
+    tokio::time::timeout(Duration::from_secs(20), workflow.run(&job, settings))
+        .await
+        .expect("the workflow finishes")
+}
+
+/// A person changes ticket `n`'s department in Zoho Desk.
+fn person_moves(fake: &FakeZoho, n: u64, department_id: &str) {
+    let mut ticket = fake.ticket(&ticket_id(n)).expect("a seeded ticket");
+    ticket["departmentId"] = json!(department_id);
+    fake.add_ticket(ticket);
+}
+
+#[tokio::test]
+async fn later_updates_count_overrides_and_agreement_exactly_and_ignore_our_echo() {
+    let fake = portal(60).await;
+    let metrics = Metrics::new();
+    let rollouts = Rollouts::default();
+    let workflow = workflow(&fake, &metrics, &rollouts);
+    let mut settings = settings("percent: 50\nguard: {overrideWindow: 1h}");
+    settings.spec.zoho.echo_window_seconds = 1;
+    let (mut moved, mut shadow) = (Vec::new(), Vec::new());
+    for n in 0..60 {
+        match dispatch(&run(&workflow, n, &settings).await).status {
+            StepStatus::Done => moved.push(n),
+            StepStatus::SkippedFlagOff => shadow.push(n),
+            other => panic!("ticket {n}: {other:?}"),
+        }
+    }
+    assert!(
+        moved.len() >= 8 && shadow.len() >= 8,
+        "{moved:?} {shadow:?}"
+    );
+    let later = Duration::from_secs(5);
+
+    // The echo of our own move, even one showing another department, is never run.
+    person_moves(&fake, moved[0], "2");
+    let echo = update(&workflow, moved[0], &settings, Duration::ZERO).await;
+    assert_eq!(
+        echo.skipped.as_deref(),
+        Some("echo of deskhook's own write")
+    );
+    person_moves(&fake, moved[0], "4");
+
+    // Four moved tickets are moved elsewhere by a person, two are updated but stay put.
+    for &n in &moved[1..5] {
+        person_moves(&fake, n, "2");
+        update(&workflow, n, &settings, later).await;
+    }
+    for &n in &moved[5..7] {
+        update(&workflow, n, &settings, later).await;
+    }
+    // Tickets deskhook left alone: three moved where it would have, one elsewhere, two not.
+    for &n in &shadow[0..3] {
+        person_moves(&fake, n, "4");
+        update(&workflow, n, &settings, later).await;
+    }
+    person_moves(&fake, shadow[3], "3");
+    update(&workflow, shadow[3], &settings, later).await;
+    for &n in &shadow[4..6] {
+        update(&workflow, n, &settings, later).await;
+    }
+    // A second update of an overridden ticket is not a second override.
+    update(&workflow, moved[1], &settings, later).await;
+
+    let counted = rollouts.tally()["dispatch"].counts;
+    assert_eq!(counted.overrides, 4, "{counted:?}");
+    assert_eq!((counted.compared, counted.agreed), (4, 3), "{counted:?}");
+    assert_eq!(counted.agreement(), Some(0.75));
+
+    // minAgreement holds the first step until the agreement reaches it.
+    let strict: ActionRollout =
+        serde_yaml::from_str("steps: [10, 50]\nguard: {minAgreement: 0.8}").unwrap();
+    let held = rollout::evaluate("dispatch", &strict, None, counted, Timestamp::now()).status;
+    assert_eq!((held.state, held.percent), (RolloutState::Paused, 0));
+    let lenient: ActionRollout =
+        serde_yaml::from_str("steps: [10, 50]\nguard: {minAgreement: 0.75}").unwrap();
+    let started = rollout::evaluate("dispatch", &lenient, None, counted, Timestamp::now()).status;
+    assert_eq!(
+        (started.state, started.percent),
+        (RolloutState::Progressing, 10)
+    );
+}
