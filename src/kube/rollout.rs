@@ -103,6 +103,14 @@ pub async fn follow(
     loop {
         if let Some(current) = observed.borrow_and_update().clone() {
             rollouts.publish(&current.status.rollout);
+            for (action, status) in &current.status.rollout {
+                if let Some(agreement) = status.agreement {
+                    metrics
+                        .agreement
+                        .with_label_values(&[action.as_str()])
+                        .set(agreement);
+                }
+            }
         }
         let settings_now = settings.borrow_and_update().clone();
         for action in rollout::ACTIONS {

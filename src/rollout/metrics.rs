@@ -1,15 +1,17 @@
 //! The rollout metrics, registered once per process whichever source the settings come from,
 //! so the alert on rollbacks always finds its series.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
 use crate::metrics::Metrics;
 
-/// The rollout metrics: the share each pod applies, and the writer's rollbacks.
+/// The rollout metrics: the share each pod applies, the writer's rollbacks and the shadow
+/// agreement.
 #[derive(Clone, Debug)]
 pub struct RolloutMetrics {
     pub percent: IntGaugeVec,
     pub aborts: IntCounterVec,
+    pub agreement: GaugeVec,
 }
 
 impl RolloutMetrics {
@@ -32,6 +34,17 @@ impl RolloutMetrics {
             &["action", "reason"],
         )
         .expect("valid metric");
+        let agreement = GaugeVec::new(
+            Opts::new(
+                "shadow_agreement_ratio",
+                "Share of tickets outside an action's rollout on which what deskhook would \
+                 have done matched what a person did next (dispatch, updateTicket), as the \
+                 status last published it.",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(agreement.clone()));
         // Registration fails only if this runs twice for one registry; the metrics then still
         // count, they are just not exported twice.
         let _ = registry.register(Box::new(percent.clone()));
@@ -41,6 +54,10 @@ impl RolloutMetrics {
                 aborts.with_label_values(&[action, reason]);
             }
         }
-        Self { percent, aborts }
+        Self {
+            percent,
+            aborts,
+            agreement,
+        }
     }
 }
