@@ -18,7 +18,7 @@ pub use evaluate::{Breach, Evaluation, StepCounts, evaluate, spec_digest, summar
 pub use live::{Rollouts, TalliedStep, Tally};
 pub use metrics::RolloutMetrics;
 
-use crate::crd::{ActionRollout, ActionRolloutStatus, RolloutState};
+use crate::crd::{ActionRollout, ActionRolloutStatus};
 
 /// Buckets a ticket can fall in; a percent is `percent × 100` of them.
 pub const BUCKETS: u32 = 10_000;
@@ -173,14 +173,6 @@ pub fn validate(spec: &crate::crd::RolloutSpec) -> Result<(), InvalidRollout> {
         }
     }
     Ok(())
-}
-
-/// Whether a status entry holds writes back entirely.
-pub fn holds_back(status: &ActionRolloutStatus) -> bool {
-    matches!(
-        status.state,
-        RolloutState::RolledBack | RolloutState::Paused
-    )
 }
 
 #[cfg(test)]
