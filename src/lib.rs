@@ -68,7 +68,7 @@
 //! `http` the routers and the review console, `kube` the resource watcher and its status,
 //! `store` the Redis connection every shared store is built on, `limits` the per-client budgets
 //! of the public listener, `rejections` the redacted log of refused requests, `names` the one
-//! way names are compared, `region` Zoho's hosts, `outbound` where requests may go and the
+//! way names are compared, `rollout` the share of tickets each action reaches and its guard, `region` Zoho's hosts, `outbound` where requests may go and the
 //! shared HTTP client, `metrics` and `telemetry` observability, `server` the wiring of a
 //! running process and `app` its configuration.
 #![forbid(unsafe_code)]
@@ -90,6 +90,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod region;
 pub mod rejections;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod telemetry;

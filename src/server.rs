@@ -28,6 +28,7 @@ use crate::outbound::ClientError;
 pub use crate::outbound::http_client;
 use crate::queue::{MemoryQueue, Queue, RedisQueue, RedisQueueOptions};
 use crate::reconcile::Reconciler;
+use crate::rollout::Rollouts;
 use crate::store::{Redis, RedisSetupError};
 use crate::verify::Verifier;
 use crate::worker::{WorkerContext, spawn_workers};
@@ -263,6 +264,7 @@ fn automation_workflow(
     http: reqwest::Client,
     metrics: &Metrics,
     redis: Option<&Redis>,
+    rollouts: &Rollouts,
 ) -> Result<(Arc<dyn Workflow>, Option<ZohoConnector>), ServeError> {
     let ledger: Arc<dyn StepLedger> = match redis {
         Some(redis) => Arc::new(RedisLedger::new(redis.clone())),
@@ -291,7 +293,7 @@ fn automation_workflow(
             )
         }
     };
-    Ok((Arc::new(workflow), spare))
+    Ok((Arc::new(workflow.with_rollouts(rollouts.clone())), spare))
 }
 
 /// The Redis connection when `spec.queue.backend` is `redis`.
@@ -362,9 +364,17 @@ async fn launch(
     // The backend is read once, from the settings in force at start (after the resource's
     // first read in Kubernetes): moving queued work between backends live is not supported.
     let redis = redis_for(&options, &settings)?;
+    // With Kubernetes, the shares the status writer publishes; otherwise each rollout stays
+    // at its starting share.
+    let rollouts = options
+        .kube
+        .as_ref()
+        .map(|kube| kube.rollouts.clone())
+        .unwrap_or_default();
+    rollouts.metrics(&metrics);
     let (workflow, spare_connector) = match workflow {
         Some(workflow) => (workflow, None),
-        None => automation_workflow(&options, http, &metrics, redis.as_ref())?,
+        None => automation_workflow(&options, http, &metrics, redis.as_ref(), &rollouts)?,
     };
     let queue: Arc<dyn Queue> = match &redis {
         None => Arc::new(MemoryQueue::new()),
@@ -431,6 +441,7 @@ async fn launch(
             options.admin_allowed_hosts.clone(),
         ),
         rejections: Arc::default(),
+        rollouts,
     });
 
     let listener = bind(options.listen).await?;

@@ -104,6 +104,8 @@ pub enum InvalidSettings {
         "limits.trustedProxies: {0:?} is wider than a /8 (IPv4) or /32 (IPv6), which would let any client choose its address"
     )]
     TrustedProxyTooWide(String),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::InvalidRollout),
 }
 
 /// The validated settings every part of deskhook reads.
@@ -330,6 +332,7 @@ fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
         }
     }
     validate_routing(spec)?;
+    crate::rollout::validate(&spec.rollout)?;
     let header = &spec.verification.hmac.header;
     if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
         return Err(InvalidSettings::HmacHeader(header.clone()));
@@ -621,6 +624,26 @@ mod tests {
                 "limits: {trustedProxies: ['10.0.0.0/8', '::/16']}",
                 "a network wider than /8 (IPv4) or /32 (IPv6)",
             ),
+            (
+                "rollout: {dispatch: {percent: 101}}",
+                "a rollout percent must be 0 to 100",
+            ),
+            (
+                "rollout: {respond: {steps: [1, 10, 5, 100]}}",
+                "rollout steps must strictly increase",
+            ),
+            (
+                "rollout: {link: {steps: [10, 10]}}",
+                "rollout steps must strictly increase",
+            ),
+            (
+                "rollout: {addNote: {steps: [0, 50]}}",
+                "rollout steps must be 1 to 100 percent",
+            ),
+            (
+                "rollout: {updateTicket: {percent: 10, steps: [10, 50]}}",
+                "a rollout has either a fixed percent or steps, not both",
+            ),
         ];
         for (yaml, message) in cases {
             let spec: WebhookAutomationSpec = serde_yaml::from_str(yaml).unwrap();
@@ -636,7 +659,8 @@ mod tests {
         let fine: WebhookAutomationSpec = serde_yaml::from_str(
             "departments: [DOC, Contact]\nrouting: [{name: a, then: {replyTemplate: t}}]\n\
              replies: {templates: {t: hello}}\n\
-             limits: {trustedProxies: ['10.0.0.0/8', '10.1.2.3', '2001:db8::/32']}",
+             limits: {trustedProxies: ['10.0.0.0/8', '10.1.2.3', '2001:db8::/32']}\n\
+             rollout: {dispatch: {steps: [1, 10, 50, 100]}}",
         )
         .unwrap();
         validate_cel(&crate::crd::WebhookAutomation::new("support", fine)).unwrap();

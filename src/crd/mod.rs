@@ -5,6 +5,7 @@
 //! written for the people who run `kubectl edit`.
 
 mod limits;
+mod rollout;
 mod routing;
 mod schema;
 mod status;
@@ -14,11 +15,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use limits::{LimitsSpec, RateLimitSpec};
+pub use rollout::{ActionRollout, MAX_STEPS, RolloutGuard, RolloutSpec};
 pub use routing::{
     DealPreference, FieldCondition, LinkingSpec, LlmSpec, RepliesSpec, RoutingRule, RuleConditions,
     RuleOutcome, TextCondition,
 };
-pub use status::{ConditionStatus, LastChange, WebhookAutomationStatus, crd_yaml};
+pub use status::{
+    ActionRolloutStatus, ConditionStatus, LastChange, RolloutState, WebhookAutomationStatus,
+    crd_yaml,
+};
 
 /// API group of the resource.
 pub const GROUP: &str = "deskhook.dev";
@@ -70,6 +75,7 @@ pub struct WebhookAutomationDocument {
     printcolumn = r#"{"name": "Updated", "type": "integer", "jsonPath": ".status.updatedPods", "description": "Pods running the generation in force"}"#,
     printcolumn = r#"{"name": "Pods", "type": "integer", "jsonPath": ".status.pods", "description": "Pods reporting"}"#,
     printcolumn = r#"{"name": "Changed", "type": "integer", "jsonPath": ".status.lastChange.changed", "description": "Recent tickets the latest routing, reply or linking edit decides differently"}"#,
+    printcolumn = r#"{"name": "Rollout", "type": "string", "jsonPath": ".status.rolloutSummary", "description": "Each rolled-out action's state and share, for example dispatch=Progressing 10%"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -147,6 +153,10 @@ pub struct WebhookAutomationSpec {
     /// protection of the public webhook listener.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Per writing action, the share of tickets it reaches and the guard that pulls it back
+    /// (see the README's "Guarded rollout"). An action with no entry follows its flag alone.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
 }
 
 impl Default for WebhookAutomationSpec {

@@ -45,6 +45,77 @@ pub struct WebhookAutomationStatus {
     /// tickets, replayed from their recorded facts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<LastChange>,
+    /// Where each action's rollout stands, by its `spec.rollout` name: the share every pod
+    /// applies, the step, the counts it is judged on and its state.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rollout: std::collections::BTreeMap<String, ActionRolloutStatus>,
+    /// One line for `kubectl get`: each rolled-out action's state and share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_summary: Option<String>,
+}
+
+/// Where one action's rollout stands.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRolloutStatus {
+    /// The share of tickets the action reaches now, 0 to 100, on every pod.
+    pub percent: u32,
+    /// Index of the current entry of `spec.rollout.<action>.steps` (0 for a fixed percent).
+    #[serde(default)]
+    pub step: u32,
+    /// When the current step (or the rollback) started, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The earliest time the next step may start, RFC 3339; absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<String>,
+    /// Decisions in which the action was due, made at the current step by every pod.
+    #[serde(default)]
+    pub decisions: u64,
+    /// Of those, the writes that failed.
+    #[serde(default)]
+    pub failures: u64,
+    /// Of those, the writes a person undid within the override window.
+    #[serde(default)]
+    pub overrides: u64,
+    /// Share of tickets outside the rollout on which what deskhook would have done matched
+    /// what a person did next, 0 to 1; absent before any such ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// `Progressing`, `Paused` (waiting for agreement), `Complete` or `RolledBack`.
+    pub state: RolloutState,
+    /// Why the rollout is in this state, for example the breached guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Digest of the spec entry this progress belongs to: a changed entry (new steps, a
+    /// bumped `restartedAt`) starts the rollout again.
+    #[serde(default)]
+    pub spec_digest: String,
+}
+
+/// The state of one action's rollout.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum RolloutState {
+    /// On its steps, or at its fixed percent.
+    #[default]
+    Progressing,
+    /// Held before the first step until the shadow agreement reaches `guard.minAgreement`.
+    Paused,
+    /// At its last step.
+    Complete,
+    /// A guard was breached: 0 % until the spec entry changes.
+    RolledBack,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressing => "Progressing",
+            Self::Paused => "Paused",
+            Self::Complete => "Complete",
+            Self::RolledBack => "RolledBack",
+        }
+    }
 }
 
 /// A backtest of an edit on the recent decisions: how many would come out differently.
@@ -134,7 +205,7 @@ mod tests {
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        for column in ["Dispatch", "Link", "Respond", "Ready", "Updated"] {
+        for column in ["Dispatch", "Link", "Respond", "Ready", "Updated", "Rollout"] {
             assert!(
                 columns.contains(&column),
                 "{column} missing from {columns:?}"
@@ -221,6 +292,8 @@ mod tests {
             "verification.zohoJwt.jwksUrl is not accepted",
             "queue.redis.keyPrefix is not accepted",
             "a network wider than /8",
+            "rollout steps must strictly increase",
+            "a rollout percent must be 0 to 100",
         ] {
             assert!(yaml.contains(needle), "no CEL rule says {needle:?}");
         }

@@ -70,6 +70,8 @@ pub struct Shared {
     pub admin: admin_access::AdminAccess,
     /// Recent refused requests, redacted, for `/webhook/rejections`.
     pub rejections: Arc<RejectionLog>,
+    /// The shares of the guarded rollouts this pod applies, for the console.
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 impl AppState {

@@ -22,6 +22,7 @@ use super::health::DataPlaneHealth;
 use super::{KubeOptions, MANAGER, Timings};
 use crate::config::{Settings, SettingsHandle};
 use crate::metrics::Metrics;
+use crate::rollout::{Rollouts, TalliedStep};
 
 /// Label on every Lease deskhook writes: the resource it belongs to.
 pub const AUTOMATION_LABEL: &str = "deskhook.dev/automation";
@@ -31,6 +32,8 @@ pub const ROLE_LABEL: &str = "deskhook.dev/role";
 pub const GENERATION_ANNOTATION: &str = "deskhook.dev/applied-generation";
 /// Annotation of a report: `ok`, or why the pod's data plane is degraded.
 pub const HEALTH_ANNOTATION: &str = "deskhook.dev/health";
+/// Annotation of a report: the pod's rollout counts per action at its step, as JSON.
+pub const ROLLOUT_ANNOTATION: &str = "deskhook.dev/rollout";
 
 /// Leases of a namespace.
 pub fn leases_api(client: Client, namespace: &str) -> Api<Lease> {
@@ -235,6 +238,8 @@ pub struct MemberReport {
     pub generation: i64,
     /// `None` when healthy, else why not.
     pub degraded: Option<String>,
+    /// The pod's rollout counts, by action (empty when it counted nothing).
+    pub rollout: BTreeMap<String, TalliedStep>,
 }
 
 impl MemberReport {
@@ -254,6 +259,10 @@ impl MemberReport {
                 .and_then(|g| g.parse().ok())
                 .unwrap_or(0),
             degraded: annotation(HEALTH_ANNOTATION).filter(|h| h != "ok"),
+            // Counts that do not parse (an older or newer pod) are left out, not fatal.
+            rollout: annotation(ROLLOUT_ANNOTATION)
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default(),
         })
     }
 }
@@ -268,6 +277,7 @@ pub struct MemberReporter {
     settings: SettingsHandle,
     metrics: Arc<Metrics>,
     health: DataPlaneHealth,
+    rollouts: Rollouts,
 }
 
 impl MemberReporter {
@@ -286,11 +296,28 @@ impl MemberReporter {
             settings,
             metrics,
             health: DataPlaneHealth::new(options.thresholds),
+            rollouts: options.rollouts.clone(),
         }
     }
 
     /// The report Lease for the settings in force.
     pub fn lease(&self, settings: &Settings, degraded: Option<&str>) -> Lease {
+        let mut annotations = BTreeMap::from([
+            (
+                GENERATION_ANNOTATION.to_owned(),
+                settings.generation.to_string(),
+            ),
+            (
+                HEALTH_ANNOTATION.to_owned(),
+                degraded.unwrap_or("ok").to_owned(),
+            ),
+        ]);
+        let tally = self.rollouts.tally();
+        if !tally.is_empty() {
+            // Plain counts serialise to JSON without fail.
+            let json = serde_json::to_string(&tally).unwrap_or_default();
+            annotations.insert(ROLLOUT_ANNOTATION.to_owned(), json);
+        }
         Lease {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
@@ -298,16 +325,7 @@ impl MemberReporter {
                     (AUTOMATION_LABEL.to_owned(), self.resource.clone()),
                     (ROLE_LABEL.to_owned(), "pod-report".to_owned()),
                 ])),
-                annotations: Some(BTreeMap::from([
-                    (
-                        GENERATION_ANNOTATION.to_owned(),
-                        settings.generation.to_string(),
-                    ),
-                    (
-                        HEALTH_ANNOTATION.to_owned(),
-                        degraded.unwrap_or("ok").to_owned(),
-                    ),
-                ])),
+                annotations: Some(annotations),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {

@@ -30,6 +30,7 @@ mod health;
 mod impact;
 mod lease;
 mod resource;
+mod rollout;
 mod status;
 mod watch;
 
@@ -49,6 +50,7 @@ pub use events::{FlagChange, flag_changes};
 pub use health::{DataPlaneHealth, Thresholds};
 pub use lease::{LeaderElector, MemberReport, MemberReporter};
 pub use resource::{Observed, automation_api};
+pub use rollout::{abort_record, desired_rollout};
 pub use status::{StatusWriter, desired_status};
 pub use watch::SettingsWatcher;
 
@@ -88,6 +90,9 @@ pub struct KubeOptions {
     pub pod_name: String,
     pub timings: Timings,
     pub thresholds: Thresholds,
+    /// This pod's rollout state: the shares the status publishes are put here for the
+    /// workflow, and the pod's counts are read from here for its report.
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 impl KubeOptions {
@@ -98,6 +103,7 @@ impl KubeOptions {
             pod_name: pod_name.into(),
             timings: Timings::default(),
             thresholds: Thresholds::default(),
+            rollouts: crate::rollout::Rollouts::default(),
         }
     }
 }
@@ -254,6 +260,7 @@ pub async fn start_with_client(
     }
 
     let kube_metrics = watch::KubeMetrics::register(&metrics);
+    let rollout_metrics = options.rollouts.metrics(&metrics);
     let (observed_tx, observed_rx) = channel::channel(None);
     let (listed_tx, mut listed_rx) = channel::channel(false);
     let watcher = SettingsWatcher::new(
@@ -288,7 +295,8 @@ pub async fn start_with_client(
     );
     let decisions = impact::DecisionSlot::default();
     let writer = StatusWriter::new(client, &namespace, &options, kube_metrics)
-        .with_decisions(decisions.clone());
+        .with_decisions(decisions.clone())
+        .with_rollout_metrics(rollout_metrics.clone());
     let elector = LeaderElector::new(
         lease::leases_api(writer.client(), &namespace),
         lease::leader_lease_name(&options.resource),
@@ -296,6 +304,13 @@ pub async fn start_with_client(
         options.timings,
     );
     let tasks = vec![
+        tokio::spawn(rollout::follow(
+            options.rollouts.clone(),
+            rollout_metrics,
+            observed_rx.clone(),
+            settings.subscribe(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(reporter.run(stop_rx.clone())),
         tokio::spawn(status::run(
             elector,

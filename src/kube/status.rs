@@ -21,11 +21,13 @@ use super::events::{self, Record, flag_changes};
 use super::impact::{self, DecisionSlot};
 use super::lease::{self, LeaderElector, MemberReport};
 use super::resource::{Observed, automation_api};
+use super::rollout::{abort_record, desired_rollout, rolled_back_condition};
 use super::watch::KubeMetrics;
 use super::{KubeOptions, MANAGER, Timings};
 use crate::config::Settings;
 use crate::config::security::{security_changes, security_settings};
 use crate::crd::{ConditionStatus, LastChange, WebhookAutomationStatus};
+use crate::rollout::{Breach, RolloutMetrics};
 
 /// The status the resource should carry now.
 pub fn desired_status(
@@ -33,6 +35,15 @@ pub fn desired_status(
     members: &[MemberReport],
     now: Timestamp,
 ) -> WebhookAutomationStatus {
+    desired_status_and_breaches(observed, members, now).0
+}
+
+/// [`desired_status`], with the rollout guards this evaluation found breached.
+pub fn desired_status_and_breaches(
+    observed: &Observed,
+    members: &[MemberReport],
+    now: Timestamp,
+) -> (WebhookAutomationStatus, Vec<Breach>) {
     let previous = &observed.status;
     let generation = observed.generation;
     let (in_force, flags, security) = match &observed.settings {
@@ -125,20 +136,32 @@ pub fn desired_status(
             last_transition_time: since,
         }
     };
-    WebhookAutomationStatus {
+    // An invalid edit keeps the rollout where it stands, as it keeps the settings in force.
+    let (rollout, breaches) = match &observed.settings {
+        Ok(settings) => desired_rollout(settings, &previous.rollout, members, now),
+        Err(_) => (previous.rollout.clone(), Vec::new()),
+    };
+    let mut conditions = vec![
+        condition("Ready", ready),
+        condition("Valid", valid),
+        condition("Degraded", degraded),
+    ];
+    if !rollout.is_empty() || !previous.rollout.is_empty() {
+        conditions.push(condition("RolledBack", rolled_back_condition(&rollout)));
+    }
+    let status = WebhookAutomationStatus {
         observed_generation: Some(generation),
         generation_in_force: in_force,
         flags,
         security,
         pods: count(pods),
         updated_pods: count(updated),
-        conditions: vec![
-            condition("Ready", ready),
-            condition("Valid", valid),
-            condition("Degraded", degraded),
-        ],
+        conditions,
         last_change: previous.last_change.clone(),
-    }
+        rollout_summary: crate::rollout::summary(&rollout),
+        rollout,
+    };
+    (status, breaches)
 }
 
 /// Writes the status, the events and reads the pods' reports.
@@ -157,6 +180,7 @@ pub struct StatusWriter {
     decisions: DecisionSlot,
     /// The latest backtest, until the watch brings it back in the status.
     last_change: Option<LastChange>,
+    rollout_metrics: Option<RolloutMetrics>,
 }
 
 impl StatusWriter {
@@ -178,12 +202,19 @@ impl StatusWriter {
             written: None,
             decisions: DecisionSlot::default(),
             last_change: None,
+            rollout_metrics: None,
         }
     }
 
     /// Backtests every edit of what decides on the decisions of `slot`.
     pub fn with_decisions(mut self, slot: DecisionSlot) -> Self {
         self.decisions = slot;
+        self
+    }
+
+    /// Counts each rollback in `metrics`.
+    pub fn with_rollout_metrics(mut self, metrics: RolloutMetrics) -> Self {
+        self.rollout_metrics = Some(metrics);
         self
     }
 
@@ -194,8 +225,26 @@ impl StatusWriter {
     /// Brings the resource's status and events up to date with `observed`.
     pub async fn sync(&mut self, observed: &Observed) -> Result<(), kube::Error> {
         let members = lease::member_reports(&self.leases, &self.resource, &self.timings).await?;
-        let mut status = desired_status(observed, &members, Timestamp::now());
+        // Until the watch brings this pod's last write back, the rollout is evaluated from what
+        // was written, so a step or a rollback is never taken twice.
+        let own;
+        let observed = match &self.written {
+            Some((base, written)) if *base == observed.resource_version => {
+                own = Observed {
+                    status: WebhookAutomationStatus {
+                        rollout: written.rollout.clone(),
+                        ..observed.status.clone()
+                    },
+                    ..observed.clone()
+                };
+                &own
+            }
+            _ => observed,
+        };
+        let (mut status, breaches) =
+            desired_status_and_breaches(observed, &members, Timestamp::now());
         self.record_events(observed, &status).await?;
+        self.record_aborts(observed, &status, &breaches).await?;
         if let Some(change) = self.impact(observed).await? {
             status.last_change = Some(change);
         }
@@ -258,6 +307,40 @@ impl StatusWriter {
             self.last_change = Some(change);
         }
         Ok(self.last_change.clone())
+    }
+
+    /// The Warning Event and metric of each rollback, before the status that shows it: a
+    /// writer that dies in between computes the same breach again, and the API server keeps
+    /// one Event of that name.
+    async fn record_aborts(
+        &self,
+        observed: &Observed,
+        status: &WebhookAutomationStatus,
+        breaches: &[Breach],
+    ) -> Result<(), kube::Error> {
+        for breach in breaches {
+            let Some(entry) = status.rollout.get(&breach.action) else {
+                continue;
+            };
+            let record = abort_record(breach, entry);
+            if events::publish(&self.events, observed, &record, &self.pod).await? {
+                if let Some(metrics) = &self.rollout_metrics {
+                    metrics
+                        .aborts
+                        .with_label_values(&[breach.action.as_str(), breach.measure])
+                        .inc();
+                }
+                tracing::warn!(
+                    resource = %observed.name,
+                    action = %breach.action,
+                    measure = breach.measure,
+                    value = breach.value,
+                    threshold = breach.threshold,
+                    "rollout rolled back: its share is 0 % on every pod"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn record_events(

@@ -602,6 +602,7 @@ async fn an_unchanged_status_is_not_written_again() {
         pod: "deskhook-0".into(),
         generation: 4,
         degraded: None,
+        rollout: Default::default(),
     }];
     let first = observed(4, respond_on(), json!({}));
     let current = desired_status(&first, &members, k8s_openapi::jiff::Timestamp::now());

@@ -20,12 +20,14 @@ use super::facts::{self, CrmDeal, DealLookup, Facts};
 use super::ledger::{LedgerError, StepLedger};
 use super::linking::LinkStrategy;
 use super::offline;
+use super::overrides::{Field, Observation, OverrideWatch};
 use super::plan::{self, Need, Plan, ReplyPlan, same_name};
 use super::reply::{self, ReplyRewriter, ReplyRules};
 use super::rules;
 use super::{DealSummary, DecisionReport, ReplySummary, Run, StepReport, StepStatus, Workflow};
 use crate::config::Settings;
 use crate::event::DedupeKey;
+use crate::rollout::{Outside, Rollouts};
 use crate::zoho::{Api, Call, ContentType, Reply, ZohoClients, ZohoError};
 
 /// The ledger entry written just before a move is sent, naming its target department: a move
@@ -39,6 +41,8 @@ pub struct AutomationWorkflow {
     ledger: Arc<dyn StepLedger>,
     echo: EchoGuard,
     rewriter: Option<ReplyRewriter>,
+    rollouts: Rollouts,
+    overrides: OverrideWatch,
 }
 
 impl AutomationWorkflow {
@@ -76,7 +80,32 @@ impl AutomationWorkflow {
             ledger,
             echo: EchoGuard::default(),
             rewriter,
+            rollouts: Rollouts::default(),
+            overrides: OverrideWatch::default(),
         }
+    }
+
+    /// Follows the shares `rollouts` publishes and counts this pod's writes in it.
+    pub fn with_rollouts(mut self, rollouts: Rollouts) -> Self {
+        self.rollouts = rollouts;
+        self
+    }
+}
+
+/// The verdict of [`AutomationWorkflow::permits`] for one write, which also counts the write's
+/// outcome towards its action's rollout.
+struct Gate<'a> {
+    rollouts: &'a Rollouts,
+    settings: &'a Settings,
+    action: &'static str,
+    /// `None`: permitted; `Some(None)`: the flag is off; `Some(Some(_))`: outside the share.
+    refused: Option<Option<Outside>>,
+}
+
+impl Gate<'_> {
+    /// An attempted write's outcome, for the guard.
+    fn settled(&self, failed: bool) {
+        self.rollouts.count(self.settings, self.action, failed);
     }
 }
 
@@ -114,18 +143,79 @@ impl AutomationWorkflow {
         Ok(sent.is_some_and(|target| same_name(Some(department), &target)))
     }
 
-    /// Whether `step` may write in this job. Only the step's flag decides today; a share of
-    /// tickets per action would be decided here too.
-    fn permits(&self, settings: &Settings, step: &str) -> bool {
-        let flags = settings.flags();
-        match step {
-            "dispatch" => flags.dispatch,
-            "link" => flags.link,
-            "reply" => flags.respond || flags.draft_replies,
-            "update_ticket" => flags.update_ticket,
-            "update_deal" => flags.update_deal,
-            "add_note" => flags.add_note,
-            _ => false,
+    /// Whether `step` may write on this job's ticket: its flag is on in this job's settings
+    /// and, when the action has a rollout, the ticket's bucket is inside the share this pod
+    /// applies now. `reply` is `respond` when the reply is sent and `draftReplies` when it is
+    /// drafted.
+    fn permits<'a>(&'a self, settings: &'a Settings, step: &str, ticket_id: &str) -> Gate<'a> {
+        let action = match step {
+            "dispatch" => "dispatch",
+            "link" => "link",
+            "reply" => "respond",
+            "draft" => "draftReplies",
+            "update_ticket" => "updateTicket",
+            "update_deal" => "updateDeal",
+            "add_note" => "addNote",
+            _ => "",
+        };
+        let refused = self.rollouts.gate(settings, action, ticket_id).err();
+        Gate {
+            rollouts: &self.rollouts,
+            settings,
+            action,
+            refused,
+        }
+    }
+
+    /// Counts what a later update shows of people's changes against deskhook's (overrides)
+    /// and against what deskhook would have done (agreement).
+    fn count_people(&self, settings: &Settings, facts: &Facts) {
+        let seen = self.overrides.observe(
+            &facts.ticket_id,
+            facts.department.as_deref(),
+            facts.status.as_deref(),
+        );
+        for observation in seen {
+            match observation {
+                Observation::Override(field) => {
+                    self.rollouts.count_override(settings, field.action())
+                }
+                Observation::Compared { field, agreed } => {
+                    self.rollouts.count_shadow(settings, field.action(), agreed)
+                }
+            }
+        }
+    }
+
+    /// Remembers the value a dispatch or status step just set, or would have set, for as long
+    /// as its rollout's `overrideWindow`. Only actions with a rollout are watched.
+    fn remember(
+        &self,
+        report: &DecisionReport,
+        settings: &Settings,
+        field: Field,
+        value: &str,
+        before: Option<&str>,
+    ) {
+        let step = match field {
+            Field::Department => "dispatch",
+            Field::Status => "update_ticket",
+        };
+        let Some(rollout) = settings.spec.rollout.get(field.action()) else {
+            return;
+        };
+        let Ok(window) = humantime::parse_duration(&rollout.guard.override_window) else {
+            return;
+        };
+        let ticket = &report.ticket_id;
+        match report.steps.iter().rev().find(|s| s.step == step) {
+            Some(s) if s.status == StepStatus::Done => {
+                self.overrides.wrote(ticket, field, value, window)
+            }
+            Some(s) if s.status == StepStatus::SkippedFlagOff => self
+                .overrides
+                .would_have(ticket, field, value, before, window),
+            _ => {}
         }
     }
 
@@ -179,6 +269,9 @@ impl AutomationWorkflow {
             StepReport::new("fetch", StepStatus::Done, format!("ticket {source}")),
             started,
         ));
+        if event.event_type == "Ticket_Update" {
+            self.count_people(settings, &facts);
+        }
         report.subject = Some(facts.subject.clone());
         report.ticket_number = facts.ticket_number.clone();
         report.web_url = facts.web_url.clone();
@@ -256,7 +349,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "dispatch",
-                self.permits(settings, "dispatch"),
+                self.permits(settings, "dispatch", &ticket_id),
                 plan.dispatch.clone(),
                 true,
                 || async {
@@ -273,6 +366,10 @@ impl AutomationWorkflow {
                 },
             )
             .await;
+        if let Some(target) = &outcome.department {
+            let before = facts.department.as_deref();
+            self.remember(report, settings, Field::Department, target, before);
+        }
         if let Flow::Stop = flow {
             return;
         }
@@ -286,7 +383,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "link",
-                self.permits(settings, "link"),
+                self.permits(settings, "link", &ticket_id),
                 plan.link.clone(),
                 true,
                 || async {
@@ -317,7 +414,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "update_ticket",
-                self.permits(settings, "update_ticket"),
+                self.permits(settings, "update_ticket", &ticket_id),
                 plan.update_ticket.clone(),
                 true,
                 || async {
@@ -330,6 +427,10 @@ impl AutomationWorkflow {
                 },
             )
             .await;
+        if let Some(status) = &outcome.status {
+            let before = facts.status.as_deref();
+            self.remember(report, settings, Field::Status, status, before);
+        }
         if let Flow::Stop = flow {
             return;
         }
@@ -343,7 +444,7 @@ impl AutomationWorkflow {
                 zoho,
                 &job_key,
                 "update_deal",
-                self.permits(settings, "update_deal"),
+                self.permits(settings, "update_deal", &ticket_id),
                 plan.update_deal.clone(),
                 false,
                 || async {
@@ -378,7 +479,7 @@ impl AutomationWorkflow {
             zoho,
             &job_key,
             "add_note",
-            self.permits(settings, "add_note"),
+            self.permits(settings, "add_note", &ticket_id),
             need,
             false,
             || async {
@@ -459,6 +560,12 @@ impl AutomationWorkflow {
             rewritten,
             mode: mode.to_owned(),
         });
+        // A reply the rules send is `respond`'s even when the rewrite makes it a draft.
+        let reply_action = if planned.mode == "sent" {
+            "reply"
+        } else {
+            "draft"
+        };
         let need = planned.need.clone();
         if need.is_ok() && mode == "suggestion" {
             let detail = "respond and draftReplies are off: the reply is kept as a suggestion";
@@ -482,7 +589,7 @@ impl AutomationWorkflow {
             zoho,
             job_key,
             "reply",
-            self.permits(settings, "reply"),
+            self.permits(settings, reply_action, &ticket_id),
             need,
             true,
             || async {
@@ -507,7 +614,7 @@ impl AutomationWorkflow {
         zoho: Option<&ZohoClients>,
         job_key: &str,
         step: &str,
-        flag: bool,
+        gate: Gate<'_>,
         need: Need,
         writes_ticket: bool,
         action: F,
@@ -531,12 +638,13 @@ impl AutomationWorkflow {
             ));
             return Flow::Continue;
         }
-        if !flag {
-            report.record(StepReport::new(
-                step,
-                StepStatus::SkippedFlagOff,
-                format!("would {what}"),
-            ));
+        if let Some(refused) = gate.refused {
+            // Outside the share reads like a flag that is off, with the bucket that decided.
+            let detail = match refused {
+                None => format!("would {what}"),
+                Some(outside) => format!("{outside}: would {what}"),
+            };
+            report.record(StepReport::new(step, StepStatus::SkippedFlagOff, detail));
             return Flow::Continue;
         }
         match self.ledger.completed(job_key, step).await {
@@ -561,6 +669,7 @@ impl AutomationWorkflow {
         if writes_ticket {
             self.echo.record_write(&report.ticket_id, started);
         }
+        gate.settled(outcome.is_err());
         match outcome {
             Ok(detail) => {
                 self.ledger.record(job_key, step, &detail).await;

@@ -23,6 +23,7 @@ pub mod facts;
 pub mod ledger;
 pub mod linking;
 mod offline;
+pub mod overrides;
 pub mod plan;
 pub mod reply;
 pub mod report;

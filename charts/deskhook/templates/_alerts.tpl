@@ -139,4 +139,11 @@ gauges and backlogs get a `for` as long as a transient (a rollout, a burst, a Zo
   severity: critical
   summary: Zoho refuses deskhook's OAuth credentials
   description: {{`'Zoho refused the refresh token or client credentials in {{ $labels.namespace }}; no ticket can be read or written until the Secret is fixed.'`}}
+# Guarded rollout.
+- alert: DeskhookRolloutAborted
+  expr: sum by (namespace, action, reason) (increase(deskhook_rollout_aborts_total{ {{- $s -}} }[15m])) > 0
+  for: 1m
+  severity: warning
+  summary: A guarded rollout was pulled back to 0 %
+  description: {{`'The {{ $labels.action }} rollout in {{ $labels.namespace }} breached its {{ $labels.reason }} guard and is at 0 % on every pod until spec.rollout.{{ $labels.action }} changes.'`}}
 {{- end }}

@@ -192,6 +192,7 @@ async fn index(
         access => access_label(access),
         version => env!("CARGO_PKG_VERSION"),
         rollout => ser(view::rollout(&settings, &decisions)),
+        guarded => ser(view::guarded(&settings, &state.rollouts)),
         choices => ser(view::choices(&decisions, &settings)),
         no_rule => view::NO_RULE,
         filters => ser(FilterView {

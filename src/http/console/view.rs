@@ -626,4 +626,86 @@ mod tests {
         flags.dispatch = false;
         assert!(level(&flags).starts_with("A custom"));
     }
+
+    #[test]
+    fn the_rollout_panel_shows_each_guarded_action_as_the_status_publishes_it() {
+        use crate::crd::{ActionRolloutStatus, RolloutState};
+        let spec: crate::crd::WebhookAutomationSpec = serde_yaml::from_str(
+            "automation: {dispatch: true, respond: true}\n\
+             rollout: {respond: {percent: 30}, dispatch: {steps: [5, 50]}}",
+        )
+        .unwrap();
+        let settings = Settings::from_spec(spec, SettingsSource::Environment, 1).unwrap();
+        let rollouts = crate::rollout::Rollouts::default();
+        let rows = guarded(&settings, &rollouts);
+        let shown: Vec<_> = rows.iter().map(|r| (r.action, r.share, r.state)).collect();
+        assert_eq!(
+            shown,
+            [("dispatch", 5, "Starting"), ("respond", 30, "Starting")]
+        );
+
+        let dispatch = settings.spec.rollout.dispatch.as_ref().unwrap();
+        rollouts.publish(&std::collections::BTreeMap::from([(
+            "dispatch".to_owned(),
+            ActionRolloutStatus {
+                percent: 0,
+                state: RolloutState::RolledBack,
+                decisions: 40,
+                failures: 9,
+                agreement: Some(0.75),
+                spec_digest: crate::rollout::spec_digest(dispatch),
+                ..Default::default()
+            },
+        )]));
+        let row = &guarded(&settings, &rollouts)[0];
+        assert_eq!((row.share, row.state, row.failures), (0, "RolledBack", 9));
+        assert_eq!(row.agreement.as_deref(), Some("75.0 %"));
+    }
+}
+
+/// One action's guarded rollout, as the console's rollout panel shows it.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct GuardedRollout {
+    pub action: &'static str,
+    /// The share this pod applies now, in percent.
+    pub share: u32,
+    /// The state the status writer published, or `Starting` before it published any.
+    pub state: &'static str,
+    pub next_step_at: Option<String>,
+    pub decisions: u64,
+    pub failures: u64,
+    pub overrides: u64,
+    /// The shadow agreement as a percentage with one decimal, when anything was compared.
+    pub agreement: Option<String>,
+    pub message: Option<String>,
+}
+
+/// The actions with a `spec.rollout` entry, in the resource's order.
+pub fn guarded(settings: &Settings, rollouts: &crate::rollout::Rollouts) -> Vec<GuardedRollout> {
+    let published = rollouts.published();
+    settings
+        .spec
+        .rollout
+        .named()
+        .into_iter()
+        .filter_map(|(action, spec)| {
+            let spec = spec?;
+            let status = published
+                .get(action)
+                .filter(|s| s.spec_digest == crate::rollout::spec_digest(spec));
+            Some(GuardedRollout {
+                action,
+                share: rollouts.percent(settings, action),
+                state: status.map_or("Starting", |s| s.state.as_str()),
+                next_step_at: status.and_then(|s| s.next_step_at.clone()),
+                decisions: status.map_or(0, |s| s.decisions),
+                failures: status.map_or(0, |s| s.failures),
+                overrides: status.map_or(0, |s| s.overrides),
+                agreement: status
+                    .and_then(|s| s.agreement)
+                    .map(|a| format!("{:.1} %", a * 100.0)),
+                message: status.and_then(|s| s.message.clone()),
+            })
+        })
+        .collect()
 }
