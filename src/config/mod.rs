@@ -9,6 +9,7 @@
 mod env;
 mod file;
 pub mod limits;
+pub mod rollout;
 mod secrets;
 pub mod security;
 
@@ -105,7 +106,7 @@ pub enum InvalidSettings {
     )]
     TrustedProxyTooWide(String),
     #[error(transparent)]
-    Rollout(#[from] crate::rollout::InvalidRollout),
+    Rollout(#[from] rollout::InvalidRollout),
 }
 
 /// The validated settings every part of deskhook reads.
@@ -332,7 +333,7 @@ fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
         }
     }
     validate_routing(spec)?;
-    crate::rollout::validate(&spec.rollout)?;
+    rollout::validate(&spec.rollout)?;
     let header = &spec.verification.hmac.header;
     if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
         return Err(InvalidSettings::HmacHeader(header.clone()));
