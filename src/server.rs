@@ -358,7 +358,12 @@ async fn launch(
     options
         .standard_webhooks_secrets
         .spawn_watch("standard webhooks secrets");
-    options.admin_tokens.spawn_watch("admin tokens");
+    // A rotated token is held to the length the start-up check required.
+    options
+        .admin_tokens
+        .clone()
+        .with_min_chars(http::admin_access::MIN_TOKEN_CHARS)
+        .spawn_watch("admin tokens");
     options.llm_api_key.spawn_watch("language model key");
 
     // The backend is read once, from the settings in force at start (after the resource's

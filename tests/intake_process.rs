@@ -429,3 +429,48 @@ async fn sign_without_a_secret_fails_and_says_why() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn an_admin_token_file_rotated_to_a_short_token_keeps_the_token_in_force() {
+    const LONG: &str = "admin-token-before-rotation-4f81c07d2a";
+    const SHORT: &str = "too-short-token";
+    let dir = TempDir::new("admin-token-file");
+    let config = dir.write("settings.yaml", &settings(false));
+    let tokens = dir.write("admin-token", &format!("{LONG}\n"));
+    let server = Deskhook::start({
+        let mut command = serve_command(Some(&config));
+        command
+            .env("ZOHO_WEBHOOK_SECRET", SECRET)
+            .arg("--admin-token-file")
+            .arg(&tokens);
+        command
+    })
+    .await;
+    let decisions = |token: &'static str| {
+        let server = &server;
+        async move {
+            intake::get(
+                &server.client,
+                &server.url("/webhook/decisions"),
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(decisions(LONG).await, 200);
+
+    dir.write("admin-token", &format!("{SHORT}\n"));
+    server
+        .output
+        .wait_for("the short token to be refused", |e| {
+            e["message"] == "secret file holds a key too short to use; the keys in force stay"
+        })
+        .await;
+    assert_eq!(decisions(SHORT).await, 401);
+    assert_eq!(decisions(LONG).await, 200);
+    assert!(
+        !server.output.text().contains(SHORT),
+        "the token is never logged"
+    );
+}

@@ -57,6 +57,8 @@ pub struct WatchedSecrets {
     from_env: Vec<Secret>,
     file: Option<PathBuf>,
     current: Arc<RwLock<SecretList>>,
+    /// Keys shorter than this (in characters) are refused when the file changes.
+    min_chars: usize,
 }
 
 /// A secret file that cannot be read at start-up.
@@ -75,6 +77,7 @@ impl Default for WatchedSecrets {
             from_env: Vec::new(),
             file: None,
             current: Arc::default(),
+            min_chars: 0,
         }
     }
 }
@@ -95,6 +98,7 @@ impl WatchedSecrets {
             from_env,
             file,
             current: Arc::new(RwLock::new(Arc::new(all))),
+            min_chars: 0,
         })
     }
 
@@ -108,6 +112,13 @@ impl WatchedSecrets {
 
     pub fn is_empty(&self) -> bool {
         self.current().is_empty()
+    }
+
+    /// Refuses, when the file changes, keys shorter than `min_chars` characters: a rotation
+    /// cannot weaken what the start-up check required.
+    pub fn with_min_chars(mut self, min_chars: usize) -> Self {
+        self.min_chars = min_chars;
+        self
     }
 
     /// Re-reads the file when it changes; a file that cannot be read keeps the last secrets.
@@ -127,6 +138,15 @@ impl WatchedSecrets {
                 if *this.current() == all {
                     continue;
                 }
+                if let Some(short) = shortest_below(&all, this.min_chars) {
+                    tracing::error!(
+                        what,
+                        chars = short,
+                        required = this.min_chars,
+                        "secret file holds a key too short to use; the keys in force stay"
+                    );
+                    continue;
+                }
                 tracing::info!(what, keys = all.len(), "secret file changed; keys reloaded");
                 *this
                     .current
@@ -137,9 +157,25 @@ impl WatchedSecrets {
     }
 }
 
+/// The length, in characters, of the shortest key under `min_chars`, if any.
+fn shortest_below(keys: &[Secret], min_chars: usize) -> Option<usize> {
+    keys.iter()
+        .map(|key| key.expose().chars().count())
+        .filter(|chars| *chars < min_chars)
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_shorter_than_required_is_found() {
+        let keys = [Secret::new("x".repeat(40)), Secret::new("short")];
+        assert_eq!(shortest_below(&keys, 32), Some(5));
+        assert_eq!(shortest_below(&keys[..1], 32), None);
+        assert_eq!(shortest_below(&keys, 0), None);
+    }
 
     #[test]
     fn secrets_never_print_their_value() {
