@@ -95,18 +95,12 @@ async fn a_resource_naming_its_own_llm_or_jwks_host_is_refused_and_that_host_get
 
     // Refused at start: the process says which field and why, and exits.
     let config = dir.write("settings.yaml", &resource(&hijacked(&catcher)));
-    let output = tokio::time::timeout(
-        WAIT,
+    let stderr = refused_at_start(
         serve_command(Some(&config))
             .env("ZOHO_WEBHOOK_SECRET", SECRET)
-            .env("DESKHOOK_LLM_API_KEY", "llm-key-the-editor-wants")
-            .output(),
+            .env("DESKHOOK_LLM_API_KEY", "llm-key-the-editor-wants"),
     )
-    .await
-    .expect("exits in time")
-    .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    .await;
     assert!(
         stderr.contains("replies.llm.url is not accepted in the resource"),
         "{stderr}"
@@ -154,6 +148,16 @@ async fn a_resource_naming_its_own_llm_or_jwks_host_is_refused_and_that_host_get
         0,
         "the editor's host was reached: no key, no reply, no request may go there"
     );
+}
+
+/// Runs `command`, which must stop before serving, and returns what it wrote to standard error.
+async fn refused_at_start(command: &mut tokio::process::Command) -> String {
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    assert!(!output.status.success(), "the process started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Resident and peak memory of a process, in bytes.
@@ -240,8 +244,7 @@ async fn two_hundred_unsigned_megabyte_bodies_cost_little_memory_while_signed_de
 
 #[tokio::test]
 async fn the_console_is_never_opened_on_an_address_other_pods_reach() {
-    let output = tokio::time::timeout(
-        WAIT,
+    let stderr = refused_at_start(
         tokio::process::Command::new(support::process::BIN)
             .env_clear()
             .env("ZOHO_WEBHOOK_SECRET", SECRET)
@@ -252,14 +255,9 @@ async fn the_console_is_never_opened_on_an_address_other_pods_reach() {
                 "--metrics-listen",
                 "0.0.0.0:0",
                 "--console-open",
-            ])
-            .output(),
+            ]),
     )
-    .await
-    .expect("exits in time")
-    .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    .await;
     assert!(
         stderr.contains("--console-open") && stderr.contains("loopback"),
         "{stderr}"
@@ -268,18 +266,12 @@ async fn the_console_is_never_opened_on_an_address_other_pods_reach() {
 
 #[tokio::test]
 async fn an_admin_token_shorter_than_32_characters_is_refused_at_start() {
-    let output = tokio::time::timeout(
-        WAIT,
+    let stderr = refused_at_start(
         serve_command(None)
             .env("ZOHO_WEBHOOK_SECRET", SECRET)
-            .env("DESKHOOK_ADMIN_TOKEN", "short-admin-token")
-            .output(),
+            .env("DESKHOOK_ADMIN_TOKEN", "short-admin-token"),
     )
-    .await
-    .expect("exits in time")
-    .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    .await;
     assert!(stderr.contains("at least 32"), "{stderr}");
     assert!(
         !stderr.contains("short-admin-token"),

@@ -107,9 +107,14 @@ fn workflow(fake: &FakeZoho, metrics: &Metrics) -> AutomationWorkflow {
 }
 
 async fn run(workflow: &AutomationWorkflow, flags: AutomationFlags) -> DecisionReport {
+    run_with(workflow, &settings(flags)).await
+}
+
+/// One `Ticket_Add` run of `workflow` under `settings`, bounded in time.
+async fn run_with(workflow: &AutomationWorkflow, settings: &Settings) -> DecisionReport {
     tokio::time::timeout(
         Duration::from_secs(20),
-        workflow.run(&job(1, "Ticket_Add"), &settings(flags)),
+        workflow.run(&job(1, "Ticket_Add"), settings),
     )
     .await
     .expect("the workflow finishes")
@@ -765,12 +770,7 @@ async fn a_reply_rewritten_after_a_subject_full_of_instructions_is_only_a_draft(
     // The model did as the subject said; its text passes every check a template passes.
     let obeyed = "Bonjour, nous vous informons que votre examen est annulé. Cordialement.";
     let (workflow, seen) = rewriting(&fake, &metrics, obeyed).await;
-    let report = tokio::time::timeout(
-        Duration::from_secs(20),
-        workflow.run(&job(1, "Ticket_Add"), &with_llm(flags(&LEVEL_THREE), false)),
-    )
-    .await
-    .expect("the workflow finishes");
+    let report = run_with(&workflow, &with_llm(flags(&LEVEL_THREE), false)).await;
     let reply = report.reply.expect("a reply");
     assert!(reply.rewritten);
     assert_eq!(reply.mode, "draft");
@@ -795,12 +795,7 @@ async fn with_send_rewritten_a_checked_rewrite_is_sent() {
     let metrics = Metrics::new();
     let rewrite = "Bonjour, votre dossier doit être complété : merci de renvoyer vos documents.";
     let (workflow, _) = rewriting(&fake, &metrics, rewrite).await;
-    let report = tokio::time::timeout(
-        Duration::from_secs(20),
-        workflow.run(&job(1, "Ticket_Add"), &with_llm(flags(&LEVEL_THREE), true)),
-    )
-    .await
-    .expect("the workflow finishes");
+    let report = run_with(&workflow, &with_llm(flags(&LEVEL_THREE), true)).await;
     assert_eq!(report.reply.expect("a reply").mode, "sent");
     let sent = fake.calls_to("send_reply").remove(0).body.unwrap();
     assert_eq!(sent["content"], rewrite);
