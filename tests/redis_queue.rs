@@ -632,6 +632,8 @@ fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::que
         claim_idle: Duration::from_secs(1),
         max_attempts: 3,
         dead_letter_max: deskhook::queue::redis::DEFAULT_DEAD_LETTER_MAX,
+        payload_fields: None,
+        read_batch: 16,
     };
     let metrics = deskhook::metrics::Metrics::new();
     deskhook::queue::RedisQueue::start(&shared, options, &metrics).expect("the queue starts")
@@ -642,7 +644,7 @@ async fn stream_length(redis: &RedisServer) -> usize {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("XLEN")
-        .arg("deskhook:stream")
+        .arg("{deskhook}:stream")
         .query_async(&mut connection)
         .await
         .unwrap()
@@ -792,7 +794,7 @@ async fn reconciler_of(redis: &RedisServer) -> Option<String> {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("GET")
-        .arg("deskhook:reconciler")
+        .arg("{deskhook}:reconciler")
         .query_async(&mut connection)
         .await
         .unwrap()
