@@ -913,6 +913,10 @@ def report(results, extra, counts, latency, args):
 MEMORY_PATH_INSTRUCTIONS = 172_400
 
 
+# Share of 503s above which a Redis cell's queue counts as full for the drain target.
+REDIS_FULL_SHARE = 0.01
+
+
 def targets(rows, extra, counts, latency):
     """The performance targets, as stated and as re-proposed in bench/RESULTS.md, judged on
     this run: a row per target with what was measured and whether it is met. Rows marked
@@ -933,8 +937,10 @@ def targets(rows, extra, counts, latency):
     memory_path = counts["deskhook"] / MEMORY_PATH_INSTRUCTIONS if "deskhook" in counts else None
     checks = [
         ("stated", "Redis queue: accepted ≥ 0.30 × ceiling at 64", redis_intake, lambda v: v >= 0.30),
+        # A full queue admits a job only as one finishes, so there the accept rate is the
+        # drain rate and the ratio says nothing about draining under load.
         ("stated", "Redis queue: drain while accepting ≥ 0.25 × accept rate at 64", redis_drain,
-         lambda v: v >= 0.25),
+         lambda v: "not judged: queue full (503s)" if r64["share_503"] > REDIS_FULL_SHARE else v >= 0.25),
         ("stated", f"memory queue unchanged: deskhook instructions per request ≤ 1.05 × "
                    f"{MEMORY_PATH_INSTRUCTIONS:,}", memory_path, lambda v: v <= 1.05),
         ("shown", "Redis queue: share of deliveries answered 503 at 64", r64["share_503"] if r64 else None, None),
@@ -966,7 +972,9 @@ def targets(rows, extra, counts, latency):
         if value is None:
             shown, met = "–", "not run"
         else:
-            shown, met = f"{value:.2f}", "–" if ok is None else ("yes" if ok(value) else "no")
+            verdict = None if ok is None else ok(value)
+            shown = f"{value:.2f}"
+            met = "–" if verdict is None else verdict if isinstance(verdict, str) else ("yes" if verdict else "no")
         out.append(f"| {name} | {kind} | {shown} | {met} |")
     return out
 
