@@ -1,11 +1,11 @@
-//! Storing accepted events, in groups ([`super::batch`]): one script call stores every event
+//! Storing accepted events, in groups ([`crate::store::batch`]): one script call stores every event
 //! that arrived together and numbers each job itself, so an event costs no round trip of its
 //! own.
 
 use std::sync::Arc;
 
 use super::Keys;
-use super::batch::{Batcher, Commit};
+use crate::store::batch::{Batcher, Commit};
 use crate::store::{Connection, Context, RedisError, now_ms};
 
 /// Stores a batch of events. Per event, from `ARGV[3]` on, four arguments: ticket, job (its

@@ -43,7 +43,6 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 mod accept;
-mod batch;
 mod finish;
 mod job;
 mod legacy;

@@ -24,6 +24,8 @@
 //! The Redis URL may carry a password, so it is a [`Secret`] and never appears in a log line
 //! or an error; errors name the action that failed and Redis's error kind only.
 
+pub(crate) mod batch;
+
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
