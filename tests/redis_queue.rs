@@ -937,3 +937,48 @@ async fn a_job_whose_runs_panic_is_dead_lettered_and_frees_its_ticket() {
         worker.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upkeep_trims_acknowledged_entries_and_keeps_unread_ones() {
+    use deskhook::queue::{AcceptPolicy, Queue};
+    let Some(redis) =
+        RedisServer::start("the_upkeep_trims_acknowledged_entries_and_keeps_unread_ones")
+    else {
+        return;
+    };
+    let policy = AcceptPolicy {
+        capacity: 10_000,
+        dedupe_window: Duration::from_secs(60),
+    };
+    let event = |ticket: usize| {
+        deskhook::event::TicketEvent::new(
+            ticket.to_string(),
+            "Ticket_Add".to_owned(),
+            None,
+            None,
+            json!({"id": ticket.to_string()}),
+        )
+    };
+    let queue = queue_of(&redis, "pod-a");
+    for ticket in 1..=500 {
+        queue.accept(event(ticket), policy).await.unwrap();
+    }
+    for _ in 0..500 {
+        let job = tokio::time::timeout(DRAIN, queue.claim())
+            .await
+            .expect("every job runs")
+            .unwrap();
+        queue.ack(&job).await;
+    }
+    // Trimming goes by whole stream nodes (100 entries): at most one node of done entries stays.
+    until_async("the acknowledged entries are trimmed", || async {
+        stream_length(&redis).await <= 100
+    })
+    .await;
+    queue.accept(event(501), policy).await.unwrap();
+    let job = tokio::time::timeout(DRAIN, queue.claim())
+        .await
+        .expect("an entry queued after a trim runs")
+        .unwrap();
+    assert_eq!(job.event.ticket_id, "501");
+}

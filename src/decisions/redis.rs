@@ -11,19 +11,6 @@ use crate::store::batch::{Batcher, Commit};
 use crate::store::{Context, Redis, RedisError};
 use crate::workflow::DecisionReport;
 
-/// Stores reports (`ARGV[2]` on, each an entry's JSON without its id), newest last: numbers
-/// each, pushes it and trims the list to `ARGV[1]` + 1 entries. Returns the ids.
-const PUSH: &str = r#"
-local ids = {}
-for i = 2, #ARGV do
-  local id = redis.call('INCR', KEYS[2])
-  redis.call('LPUSH', KEYS[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[i], 2))
-  ids[i - 1] = id
-end
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]))
-return ids
-"#;
-
 /// A report as stored in Redis, with its id.
 #[derive(Deserialize)]
 struct Entry {
@@ -31,39 +18,56 @@ struct Entry {
     report: DecisionReport,
 }
 
-/// A report on its way to Redis, which numbers it.
+/// A report on its way to Redis, once numbered.
 #[derive(Serialize)]
-struct Unnumbered<'a> {
+struct Numbered<'a> {
+    id: &'a str,
     report: &'a DecisionReport,
 }
 
-/// The shared store of recent decision reports. Reports finished together are stored by one
-/// script call (a group commit), so a busy deployment pays one round trip per batch.
+/// The shared store of recent decision reports. Reports finished together are stored together
+/// (a group commit): one `INCRBY` numbers the batch, one pipeline pushes it and trims the
+/// list. Not a script: a report is kilobytes, and every string passed through a script's Lua
+/// is copied and collected there, which cost Redis more than everything else a job does.
 pub struct RedisDecisions {
     redis: Redis,
     capacity: usize,
-    pushes: Batcher<String, u64>,
+    pushes: Batcher<DecisionReport, u64>,
 }
 
 impl RedisDecisions {
     pub fn new(redis: Redis, capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        let script = Arc::new(redis::Script::new(PUSH));
         let (list, sequence) = (redis.key("decisions"), redis.key("decisions:seq"));
         let connection = redis.connection();
-        let commit: Commit<String, u64> = Arc::new(move |reports| {
-            let (script, mut connection) = (script.clone(), connection.clone());
+        let commit: Commit<DecisionReport, u64> = Arc::new(move |reports| {
+            let mut connection = connection.clone();
             let (list, sequence) = (list.clone(), sequence.clone());
             Box::pin(async move {
-                let mut invocation = script.key(list);
-                invocation.key(sequence).arg(capacity - 1);
-                for report in &reports {
-                    invocation.arg(report);
-                }
-                invocation
-                    .invoke_async(&mut connection)
+                let count = reports.len() as u64;
+                let last: u64 = redis::cmd("INCRBY")
+                    .arg(&sequence)
+                    .arg(count)
+                    .query_async(&mut connection)
                     .await
-                    .doing("store decision reports")
+                    .doing("number decision reports")?;
+                let ids: Vec<u64> = (last + 1 - count..=last).collect();
+                let mut pipe = redis::pipe();
+                for (id, report) in ids.iter().zip(&reports) {
+                    let id = id.to_string();
+                    let json =
+                        serde_json::to_string(&Numbered { id: &id, report }).unwrap_or_default();
+                    pipe.cmd("LPUSH").arg(&list).arg(json).ignore();
+                }
+                pipe.cmd("LTRIM")
+                    .arg(&list)
+                    .arg(0)
+                    .arg(capacity as i64 - 1)
+                    .ignore();
+                pipe.query_async::<()>(&mut connection)
+                    .await
+                    .doing("store decision reports")?;
+                Ok(ids)
             })
         });
         Self {
@@ -75,8 +79,7 @@ impl RedisDecisions {
 
     /// Stores a report and returns its id.
     pub async fn push(&self, report: &DecisionReport) -> Result<String, RedisError> {
-        let json = serde_json::to_string(&Unnumbered { report }).unwrap_or_default();
-        Ok(self.pushes.submit(json).await?.to_string())
+        Ok(self.pushes.submit(report.clone()).await?.to_string())
     }
 
     /// Every retained report with its id, newest first. Entries that no longer parse (written

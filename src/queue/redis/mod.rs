@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `stream` | stream | one entry per ticket with work to do ("ticket T is ready") |
+//! | `stream` | stream | one entry per ticket with work to do ("ticket T is ready"); acknowledged entries until the upkeep trims them |
 //! | `pending` | hash | ticket → the job waiting for it (a newer event replaces it: coalescing) |
 //! | `running` | hash | stream entry id → the job being run for it, and its attempt count |
 //! | `queued` | set | tickets that have a live stream entry |
@@ -171,6 +171,26 @@ end
 return bound
 "#;
 
+/// Trims the stream's head that every consumer is done with: the entries before the oldest
+/// still pending (delivered, not acknowledged) or, with none pending, before the last one
+/// delivered. Entries after it were never read. Returns the entries removed.
+const TRIM: &str = r#"
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local delivered
+for _, group in ipairs(groups) do
+  local name, last
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then last = group[i + 1] end
+  end
+  if name == ARGV[1] then delivered = last end
+end
+if not delivered then return 0 end
+local oldest = redis.call('XPENDING', KEYS[1], ARGV[1])[2]
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest or delivered)
+"#;
+
 /// Renews this pod's ownership of its entries; returns the ones another pod took over.
 const RENEW: &str = r#"
 local lost = {}
@@ -254,6 +274,7 @@ struct Scripts {
     release: redis::Script,
     renew_holds: redis::Script,
     take: redis::Script,
+    trim: redis::Script,
     renew: redis::Script,
     retry: redis::Script,
 }
@@ -265,6 +286,7 @@ impl Scripts {
             release: redis::Script::new(RELEASE),
             renew_holds: redis::Script::new(RENEW_HOLDS),
             take: redis::Script::new(TAKE_BATCH),
+            trim: redis::Script::new(TRIM),
             renew: redis::Script::new(RENEW),
             retry: redis::Script::new(RETRY),
         }
@@ -766,6 +788,18 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Drops the acknowledged head of the stream.
+    async fn trim(&self) -> Result<(), RedisError> {
+        self.scripts
+            .trim
+            .key(&self.keys.stream)
+            .arg(GROUP)
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .doing("trim the stream")?;
+        Ok(())
+    }
+
     async fn refresh_gauges(&self) -> Result<(), RedisError> {
         let (depth, dead): (usize, i64) = redis::pipe()
             .cmd("HLEN")
@@ -837,6 +871,8 @@ async fn upkeep(queue: Weak<RedisQueue>) {
                 tracing::warn!(error = %error, "failed to take over abandoned jobs");
             }
         }
+        let trimmed = queue.trim().await;
+        let _ = queue.observe(trimmed);
         let gauges = queue.refresh_gauges().await;
         let _ = queue.observe(gauges);
     }
