@@ -19,6 +19,7 @@ use crate::archive::{ArchiveError, ArchiveLimits, DecisionArchive};
 use crate::config::{Secret, SecretFileError, Settings, WatchedSecrets};
 use crate::kube::KubeOptions;
 use crate::server::{self, RedisAccess, ServeError, ServeOptions, ZohoAccess};
+use crate::store::Topology;
 use crate::telemetry::LogFormat;
 use crate::zoho::ZohoSetupError;
 
@@ -139,6 +140,10 @@ pub struct TrustConfig {
         value_parser = clap::value_parser!(u64).range(1..=10_000_000).map(|n| n as usize)
     )]
     pub dead_letter_max: usize,
+    /// Connect to a Redis Cluster (as a `redis+cluster://` URL does): commands go to the node
+    /// serving their slot. Managed Redis offerings in cluster mode need it.
+    #[arg(long, env = "DESKHOOK_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 }
 
 /// The variables `serve` reads besides its flags' own: the seed's listen address, the secrets
@@ -292,6 +297,7 @@ impl App {
                     max_buffered_body_bytes,
                     redis_key_prefix,
                     dead_letter_max,
+                    redis_cluster,
                 },
             environment:
                 EnvironmentConfig {
@@ -410,6 +416,7 @@ impl App {
                 consumer: pod_name,
                 key_prefix: redis_key_prefix,
                 dead_letter_max,
+                topology: Topology::from_flag(redis_cluster),
             }),
         };
         let archive = match archive {

@@ -14,7 +14,7 @@ use deskhook::config::Secret;
 use deskhook::crd::SignatureEncoding;
 use deskhook::queue::redis::QueueAdmin;
 use deskhook::queue::render;
-use deskhook::store::{REDIS_URL_VAR, Redis};
+use deskhook::store::{REDIS_URL_VAR, Redis, Topology};
 use deskhook::telemetry;
 use deskhook::verify::hmac;
 
@@ -83,6 +83,9 @@ struct BacktestArgs {
     redis: bool,
     #[arg(long, env = REDIS_URL_VAR, hide = true, hide_env_values = true)]
     redis_url: Option<String>,
+    /// The Redis URL names a Redis Cluster (as given to `serve`).
+    #[arg(long, env = "DESKHOOK_REDIS_CLUSTER")]
+    redis_cluster: bool,
     #[arg(
         long,
         env = "DESKHOOK_ADMIN_TOKEN",
@@ -140,6 +143,9 @@ struct QueueArgs {
     json: bool,
     #[arg(long, env = REDIS_URL_VAR, global = true, hide = true, hide_env_values = true)]
     redis_url: Option<String>,
+    /// The Redis URL names a Redis Cluster (as given to `serve`).
+    #[arg(long, env = "DESKHOOK_REDIS_CLUSTER", global = true)]
+    redis_cluster: bool,
     #[command(subcommand)]
     command: QueueCommand,
 }
@@ -221,7 +227,11 @@ fn sign(base64: bool, secret: Option<String>) -> anyhow::Result<()> {
 
 async fn queue(args: QueueArgs) -> anyhow::Result<()> {
     let url = non_blank(args.redis_url).with_context(|| format!("{REDIS_URL_VAR} is not set"))?;
-    let redis = Redis::connect(&Secret::new(url), &args.key_prefix)?;
+    let redis = Redis::connect_to(
+        &Secret::new(url),
+        &args.key_prefix,
+        Topology::from_flag(args.redis_cluster),
+    )?;
     let admin = QueueAdmin::new(&redis);
     let format = if args.json {
         render::Format::Json
@@ -264,6 +274,7 @@ async fn backtest(args: BacktestArgs) -> anyhow::Result<()> {
                 .map(Secret::new)
                 .with_context(|| format!("{REDIS_URL_VAR} is not set"))?,
             key_prefix: args.key_prefix,
+            topology: Topology::from_flag(args.redis_cluster),
         },
         (None, false, Some(path)) => Source::Archive(path),
         (None, false, None) => bail!("give --api, --redis or --archive"),

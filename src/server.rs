@@ -26,10 +26,11 @@ use crate::kube::{KubeError, KubeOptions};
 use crate::metrics::Metrics;
 use crate::outbound::ClientError;
 pub use crate::outbound::http_client;
+use crate::queue::redis::MAX_READ_BATCH;
 use crate::queue::{MemoryQueue, Queue, RedisQueue, RedisQueueOptions};
 use crate::reconcile::Reconciler;
 use crate::rollout::Rollouts;
-use crate::store::{Redis, RedisSetupError};
+use crate::store::{Redis, RedisSetupError, Topology};
 use crate::verify::Verifier;
 use crate::worker::{WorkerContext, spawn_workers};
 pub use crate::workflow::connection::ZohoAccess;
@@ -124,6 +125,8 @@ pub struct RedisAccess {
     pub key_prefix: String,
     /// Dead letters kept at most; older ones are trimmed and counted.
     pub dead_letter_max: usize,
+    /// A Redis Cluster (`DESKHOOK_REDIS_CLUSTER`, or a `redis+cluster://` URL).
+    pub topology: Topology,
 }
 
 /// Why the server could not start.
@@ -302,7 +305,11 @@ fn redis_for(options: &ServeOptions, settings: &Settings) -> Result<Option<Redis
         return Ok(None);
     }
     let access = options.redis.as_ref().ok_or(RedisSetupError::MissingUrl)?;
-    Ok(Some(Redis::connect(&access.url, &access.key_prefix)?))
+    Ok(Some(Redis::connect_to(
+        &access.url,
+        &access.key_prefix,
+        access.topology,
+    )?))
 }
 
 async fn launch(
@@ -377,6 +384,10 @@ async fn launch(
         .map(|kube| kube.rollouts.clone())
         .unwrap_or_default();
     rollouts.metrics(&metrics);
+    // A workflow given by the caller may read any of the payload; ours reads known members.
+    let payload_fields = workflow
+        .is_none()
+        .then(|| crate::workflow::payload_fields(options.zoho.is_some()));
     let (workflow, spare_connector) = match workflow {
         Some(workflow) => (workflow, None),
         None => automation_workflow(&options, http, &metrics, redis.as_ref(), &rollouts)?,
@@ -393,6 +404,8 @@ async fn launch(
                     claim_idle: Duration::from_secs(spec.claim_idle_seconds.max(1)),
                     max_attempts: spec.max_attempts.max(1),
                     dead_letter_max: access.dead_letter_max,
+                    payload_fields,
+                    read_batch: (settings.queue().workers as usize).clamp(1, MAX_READ_BATCH),
                 },
                 &metrics,
             )?;

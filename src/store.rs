@@ -16,12 +16,20 @@
 //! - `decisions::RedisDecisions` keeps recent decision reports for every pod's review console;
 //! - `reconcile` finds ticket changes whose webhook never arrived.
 //!
+//! Every key of one deployment shares one hash tag, `{prefix}:name`, so every script's keys
+//! are in one slot: a Redis Cluster (or a managed Redis in cluster mode) runs them like a
+//! single Redis would. The price is that one deployment's keys live on one shard; several
+//! deployments (prefixes) spread over the shards.
+//!
 //! The Redis URL may carry a password, so it is a [`Secret`] and never appears in a log line
 //! or an error; errors name the action that failed and Redis's error kind only.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::Secret;
 
@@ -31,10 +39,15 @@ pub const REDIS_URL_VAR: &str = "DESKHOOK_REDIS_URL";
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// URL schemes that name a Redis Cluster (a seed node of it), plain or over TLS.
+const CLUSTER_SCHEMES: [(&str, &str); 2] = [
+    ("redis+cluster://", "redis://"),
+    ("rediss+cluster://", "rediss://"),
+];
 
 /// A Redis command that failed. Carries Redis's error category and code only: the full
 /// message may quote the command (keys, ticket ids) and the URL may carry a password.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("failed to {action}: Redis error ({kind})")]
 pub struct RedisError {
     pub action: &'static str,
@@ -42,6 +55,24 @@ pub struct RedisError {
 }
 
 impl RedisError {
+    /// What the failure says about the deployment, for the one log line a pod writes when
+    /// Redis stops answering: a cluster's redirection or slot refusal is a setting to fix,
+    /// not an outage to wait out.
+    pub fn diagnosis(&self) -> &'static str {
+        match self.kind.as_str() {
+            "MOVED" | "ASK" => {
+                "Redis answered MOVED: it is a Redis Cluster; connect cluster-aware \
+                 (DESKHOOK_REDIS_CLUSTER=true or a redis+cluster:// URL)"
+            }
+            "CROSSSLOT" => {
+                "Redis refused keys of different slots (CROSSSLOT): every key must share the \
+                 prefix's hash tag"
+            }
+            "CLUSTERDOWN" => "the Redis Cluster is down (CLUSTERDOWN): not every slot is served",
+            _ => "Redis is unreachable",
+        }
+    }
+
     pub fn new(action: &'static str, error: &redis::RedisError) -> Self {
         let kind = match error.code() {
             Some(code) => code.to_owned(),
@@ -69,18 +100,37 @@ impl<T> Context<T> for redis::RedisResult<T> {
 pub enum RedisSetupError {
     #[error("{REDIS_URL_VAR} is not set: spec.queue.backend redis needs it")]
     MissingUrl,
-    #[error("{REDIS_URL_VAR} is not a valid redis:// or rediss:// URL")]
+    #[error("{REDIS_URL_VAR} is not a valid redis://, rediss:// or redis+cluster:// URL")]
     InvalidUrl,
     #[error("failed to set up the Redis connection")]
     Connection,
+}
+
+/// Whether the URL names one Redis (or a primary behind a proxy or Sentinel-managed address)
+/// or a Redis Cluster, whose nodes answer `MOVED` for keys of other slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    Standalone,
+    Cluster,
+}
+
+impl Topology {
+    /// `Cluster` when a `--redis-cluster` flag (`DESKHOOK_REDIS_CLUSTER`) is set.
+    pub fn from_flag(cluster: bool) -> Self {
+        if cluster {
+            Self::Cluster
+        } else {
+            Self::Standalone
+        }
+    }
 }
 
 /// A connection to Redis and the prefix of every key deskhook uses. Cheap to clone: clones
 /// share one multiplexed connection, re-established in the background after a failure.
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
-    connection: ConnectionManager,
+    client: Client,
+    connection: Connection,
     prefix: String,
 }
 
@@ -88,16 +138,40 @@ impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
             .field("prefix", &self.prefix)
+            .field("topology", &self.topology())
             .finish_non_exhaustive()
     }
 }
 
 impl Redis {
     /// A lazy connection: nothing is sent until the first command, so a pod starts (not
-    /// ready, answering 503) while Redis is down, and recovers when it comes back.
+    /// ready, answering 503) while Redis is down, and recovers when it comes back. A
+    /// `redis+cluster://` (or `rediss+cluster://`) URL connects to a Redis Cluster.
     pub fn connect(url: &Secret, prefix: &str) -> Result<Self, RedisSetupError> {
-        let client = redis::Client::open(url.expose()).map_err(|_| RedisSetupError::InvalidUrl)?;
-        let connection = manager(&client, COMMAND_TIMEOUT)?;
+        let topology = if cluster_url(url.expose()).is_some() {
+            Topology::Cluster
+        } else {
+            Topology::Standalone
+        };
+        Self::connect_to(url, prefix, topology)
+    }
+
+    /// [`Redis::connect`], with the topology given (`DESKHOOK_REDIS_CLUSTER`) rather than read
+    /// from the URL's scheme; a cluster scheme still means a cluster.
+    pub fn connect_to(
+        url: &Secret,
+        prefix: &str,
+        topology: Topology,
+    ) -> Result<Self, RedisSetupError> {
+        let text = url.expose();
+        let client = match (cluster_url(text), topology) {
+            (Some(plain), _) => Client::cluster(&plain)?,
+            (None, Topology::Cluster) => Client::cluster(text)?,
+            (None, Topology::Standalone) => Client::Single(
+                redis::Client::open(text).map_err(|_| RedisSetupError::InvalidUrl)?,
+            ),
+        };
+        let connection = client.connect(COMMAND_TIMEOUT)?;
         Ok(Self {
             client,
             connection,
@@ -105,34 +179,120 @@ impl Redis {
         })
     }
 
+    pub fn topology(&self) -> Topology {
+        match self.client {
+            Client::Single(_) => Topology::Standalone,
+            Client::Cluster(_) => Topology::Cluster,
+        }
+    }
+
     /// The shared connection for ordinary commands.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.connection.clone()
     }
 
     /// A connection of its own, for commands that block (`XREADGROUP … BLOCK`): on the
     /// shared, pipelined connection they would hold up every other command behind them.
-    pub fn dedicated(&self, timeout: Duration) -> Result<ConnectionManager, RedisSetupError> {
-        manager(&self.client, timeout)
+    pub fn dedicated(&self, timeout: Duration) -> Result<Connection, RedisSetupError> {
+        self.client.connect(timeout)
     }
 
-    /// `{prefix}:{name}`.
+    /// `{prefix}:{name}`: the braces make the prefix the hash tag, one slot for every key.
     pub fn key(&self, name: &str) -> String {
+        format!("{{{}}}:{name}", self.prefix)
+    }
+
+    /// `prefix:name`, the name versions before the hash tag gave the same key.
+    pub fn legacy_key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
 }
 
-fn manager(
-    client: &redis::Client,
-    timeout: Duration,
-) -> Result<ConnectionManager, RedisSetupError> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|_| RedisSetupError::Connection)
+/// The plain URL of a `redis+cluster://` (or `rediss+cluster://`) one.
+fn cluster_url(url: &str) -> Option<String> {
+    CLUSTER_SCHEMES.iter().find_map(|(cluster, plain)| {
+        let rest = url.get(..cluster.len())?;
+        rest.eq_ignore_ascii_case(cluster)
+            .then(|| format!("{plain}{}", &url[cluster.len()..]))
+    })
+}
+
+/// What connections are made from.
+#[derive(Clone)]
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Client {
+    fn cluster(url: &str) -> Result<Self, RedisSetupError> {
+        ClusterClient::builder([url])
+            .retries(2)
+            .max_retry_wait(1000)
+            .build()
+            .map(Self::Cluster)
+            .map_err(|_| RedisSetupError::InvalidUrl)
+    }
+
+    /// A lazy connection whose commands wait at most `timeout` for an answer.
+    fn connect(&self, timeout: Duration) -> Result<Connection, RedisSetupError> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(Connection::Single)
+                    .map_err(|_| RedisSetupError::Connection)
+            }
+            Self::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_response_timeout(timeout)
+                    .set_connection_timeout(CONNECT_TIMEOUT);
+                Ok(Connection::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
+    }
+}
+
+/// A multiplexed connection to one Redis or to a Redis Cluster (which routes each command to
+/// the node serving its key's slot and follows `MOVED` after a resharding).
+#[derive(Clone)]
+pub enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch: the time every pod agrees on (roughly).

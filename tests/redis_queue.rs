@@ -891,6 +891,8 @@ fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::que
         claim_idle: Duration::from_secs(1),
         max_attempts: 3,
         dead_letter_max: deskhook::queue::redis::DEFAULT_DEAD_LETTER_MAX,
+        payload_fields: None,
+        read_batch: 16,
     };
     let metrics = deskhook::metrics::Metrics::new();
     deskhook::queue::RedisQueue::start(&shared, options, &metrics).expect("the queue starts")
@@ -898,7 +900,7 @@ fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::que
 
 /// Entries on the shared stream: tickets with a job that may be claimed.
 async fn stream_length(redis: &RedisServer) -> usize {
-    let key = "deskhook:stream";
+    let key = "{deskhook}:stream";
     let client = redis::Client::open(redis.url_of_node_holding(key)).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("XLEN")
@@ -1049,7 +1051,7 @@ where
 
 /// The pod elected to reconcile, as Redis holds it.
 async fn reconciler_of(redis: &RedisServer) -> Option<String> {
-    let key = "deskhook:reconciler";
+    let key = "{deskhook}:reconciler";
     let client = redis::Client::open(redis.url_of_node_holding(key)).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("GET")

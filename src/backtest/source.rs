@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::archive;
 use crate::config::Secret;
 use crate::decisions::RedisDecisions;
-use crate::store::Redis;
+use crate::store::{Redis, Topology};
 use crate::workflow::DecisionReport;
 
 /// Decisions `/webhook/decisions` returns at most in one answer.
@@ -23,7 +23,11 @@ pub enum Source {
     /// `GET <url>/webhook/decisions` with the admin token.
     Admin { url: String, token: Secret },
     /// The shared decision list of the Redis backend.
-    Redis { url: Secret, key_prefix: String },
+    Redis {
+        url: Secret,
+        key_prefix: String,
+        topology: Topology,
+    },
     /// A directory of archive files, or one file.
     Archive(PathBuf),
 }
@@ -73,8 +77,13 @@ impl Source {
                     .map_err(|e| SourceError::Admin(e.without_url().to_string()))?;
                 Ok(answer.decisions)
             }
-            Source::Redis { url, key_prefix } => {
-                let redis = Redis::connect(url, key_prefix).map_err(SourceError::RedisSetup)?;
+            Source::Redis {
+                url,
+                key_prefix,
+                topology,
+            } => {
+                let redis = Redis::connect_to(url, key_prefix, *topology)
+                    .map_err(SourceError::RedisSetup)?;
                 let entries = RedisDecisions::new(redis, REDIS_MAX)
                     .list()
                     .await

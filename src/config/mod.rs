@@ -18,7 +18,9 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::crd::{AutomationFlags, QueueSpec, VerificationSpec, WebhookAutomationSpec, ZohoSpec};
+use crate::crd::{
+    AutomationFlags, QueueBackend, QueueSpec, VerificationSpec, WebhookAutomationSpec, ZohoSpec,
+};
 use crate::metrics::Metrics;
 
 pub use env::{InvalidFlagVariable, seed_flags_in_env, spec_from_env};
@@ -139,7 +141,16 @@ impl Settings {
                 .set(i64::from(on));
         }
         metrics.config_generation.set(self.generation);
-        metrics.queue_capacity.set(i64::from(self.queue().capacity));
+        metrics.queue_capacity.set(i64::from(self.queue_capacity()));
+    }
+
+    /// Events the configured backend holds at most: Redis has a bound of its own, sized for
+    /// bulk updates, where the memory queue's is sized for one pod's memory.
+    pub fn queue_capacity(&self) -> u32 {
+        match self.queue().backend {
+            QueueBackend::Memory => self.queue().capacity,
+            QueueBackend::Redis => self.queue().redis.capacity,
+        }
     }
 
     /// Validates a spec into settings.
@@ -268,6 +279,7 @@ fn bounded(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), In
 /// break something else, such as Redis refusing a `SET … EX` of a huge window.
 pub const MAX_DEDUPE_WINDOW_SECONDS: u64 = 7 * 86_400;
 pub const MAX_CAPACITY: u64 = 10_000_000;
+pub const MAX_REDIS_CAPACITY: u64 = 50_000_000;
 
 /// The HMAC signature header's name; the default one when the spec's does not parse (only
 /// read-only settings can hold such a spec).
@@ -286,6 +298,12 @@ fn validate(spec: &WebhookAutomationSpec) -> Result<(), InvalidSettings> {
         spec.queue.capacity.into(),
         1,
         MAX_CAPACITY,
+    )?;
+    bounded(
+        "queue.redis.capacity",
+        spec.queue.redis.capacity.into(),
+        1,
+        MAX_REDIS_CAPACITY,
     )?;
     bounded(
         "queue.dedupeWindowSeconds",

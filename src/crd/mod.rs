@@ -314,7 +314,8 @@ pub enum SignatureEncoding {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QueueSpec {
-    /// Events waiting to run, at most. A full queue answers 503 so nothing is dropped silently.
+    /// Events waiting to run in the memory queue, at most (the Redis queue has its own bound,
+    /// `redis.capacity`). A full queue answers 503 so nothing is dropped silently.
     #[serde(default = "default_capacity")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub capacity: u32,
@@ -381,6 +382,13 @@ pub struct RedisQueueSpec {
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1, max = 50))]
     pub max_attempts: u32,
+    /// Tickets with an event waiting in Redis, at most; past it a delivery gets 503. A waiting
+    /// job takes about 600 bytes of Redis memory (its entry, its ticket's marks and the
+    /// delivery's deduplication key), so the default 250,000 (two and a half times a
+    /// 100,000-ticket bulk update) means up to about 150 MiB.
+    #[serde(default = "default_redis_capacity")]
+    #[schemars(range(min = 1, max = 50_000_000))]
+    pub capacity: u32,
     /// Every this many seconds one elected pod lists the tickets modified recently in the
     /// handled departments and queues any whose latest change was never processed (Zoho does
     /// not redeliver a failed webhook). 0 turns reconciliation off.
@@ -403,6 +411,7 @@ impl Default for RedisQueueSpec {
         Self {
             claim_idle_seconds: default_claim_idle(),
             max_attempts: default_max_attempts(),
+            capacity: default_redis_capacity(),
             reconcile_interval_seconds: 0,
             reconcile_lookback_seconds: default_reconcile_lookback(),
             key_prefix: None,
@@ -416,6 +425,10 @@ fn default_claim_idle() -> u64 {
 
 fn default_max_attempts() -> u32 {
     5
+}
+
+fn default_redis_capacity() -> u32 {
+    250_000
 }
 
 fn default_reconcile_lookback() -> u64 {

@@ -16,7 +16,7 @@ mod payload;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::Xxh3;
 
-pub use payload::{Hints, Payload};
+pub use payload::{HINT_KEYS, Hints, Payload};
 
 /// Identity of a delivery for deduplication: XXH3-128 over org, type, ticket, time and the
 /// payload's text.

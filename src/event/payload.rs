@@ -47,6 +47,43 @@ impl Payload {
         serde_json::from_str(self.json()).unwrap_or(Value::Null)
     }
 
+    /// The payload with only its top-level members named in `fields`, in their order (a
+    /// repeated one stays repeated, so the last still wins): what a queued job needs of it,
+    /// without the rest of a long message. Anything but an object is kept whole.
+    pub fn keeping(&self, fields: &[&str]) -> Self {
+        let json = self.json();
+        let mut kept = String::with_capacity(json.len().min(512));
+        kept.push('{');
+        let walked = for_each_member(json, |key, value| {
+            if fields.contains(&key) {
+                if kept.len() > 1 {
+                    kept.push(',');
+                }
+                kept.push('"');
+                kept.push_str(key);
+                kept.push_str("\":");
+                kept.push_str(value);
+            }
+        });
+        match walked {
+            Some(()) => {
+                kept.push('}');
+                RawValue::from_string(kept).map_or_else(|_| self.clone(), Self)
+            }
+            // An escaped key: read the object the slow way, which decodes it.
+            None if json.starts_with('{') => match self.to_value() {
+                Value::Object(members) => Self::from_value(&Value::Object(
+                    members
+                        .into_iter()
+                        .filter(|(key, _)| fields.contains(&key.as_str()))
+                        .collect(),
+                )),
+                _ => self.clone(),
+            },
+            None => self.clone(),
+        }
+    }
+
     /// The fields intake and the echo guard read, without parsing the rest.
     pub fn hints(&self) -> Hints {
         // Only an object has fields; anything else would also take the slow path below.
@@ -131,7 +168,8 @@ fn parse_small(json: &str) -> Option<Value> {
 #[derive(Default)]
 struct HintFields<'a>([Option<&'a str>; HINT_KEYS.len()]);
 
-const HINT_KEYS: [&str; 6] = [
+/// The members [`Hints`] are read from: a job that keeps fewer has other hints.
+pub const HINT_KEYS: [&str; 6] = [
     "id",
     "ticketId",
     "departmentId",
@@ -182,6 +220,34 @@ mod tests {
         assert_eq!(hints.department_id.as_deref(), Some("7"));
         assert_eq!(hints.department_name.as_deref(), Some("DOC"));
         assert!(hints.is_outgoing());
+    }
+
+    #[test]
+    fn keeping_members_drops_the_others_and_keeps_the_hints() {
+        let full = payload(json!({
+            "id": "1892000000099001",
+            "subject": "Facture",
+            "description": "<p>long text</p>",
+            "department": {"name": "DOC"},
+            "customFields": {"a": 1},
+        }));
+        let kept = full.keeping(&HINT_KEYS);
+        assert_eq!(
+            kept.to_value(),
+            json!({"id": "1892000000099001", "department": {"name": "DOC"}})
+        );
+        assert_eq!(kept.hints(), full.hints());
+        assert_eq!(full.keeping(&[]).json(), "{}");
+        // An escaped key takes the slow path, with the same result.
+        let raw = r#"{"id":"1","sub\u006aect":"x","direction":"out"}"#;
+        let escaped = Payload(RawValue::from_string(raw.to_owned()).unwrap());
+        assert_eq!(
+            escaped.keeping(&["subject", "direction"]).to_value(),
+            json!({"subject": "x", "direction": "out"})
+        );
+        for other in [json!(null), json!([1, 2])] {
+            assert_eq!(payload(other.clone()).keeping(&HINT_KEYS).to_value(), other);
+        }
     }
 
     #[test]

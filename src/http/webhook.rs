@@ -202,7 +202,7 @@ async fn enqueue(
     delivery: Delivery,
 ) -> Result<Vec<EventStatus>, QueueError> {
     let policy = AcceptPolicy {
-        capacity: settings.queue().capacity as usize,
+        capacity: settings.queue_capacity() as usize,
         dedupe_window: Duration::from_secs(settings.queue().dedupe_window_seconds),
     };
     let mut statuses = Vec::with_capacity(delivery.events.len());

@@ -56,6 +56,17 @@ pub struct Run {
     pub enqueued_at: Instant,
 }
 
+/// The payload members a run reads, so that a queue storing jobs (Redis) keeps only these:
+/// connected to Zoho a run reads the ticket itself and needs only the hints; offline its
+/// facts are the payload's.
+pub fn payload_fields(connected: bool) -> &'static [&'static str] {
+    if connected {
+        &crate::event::HINT_KEYS
+    } else {
+        &offline::PAYLOAD_FIELDS
+    }
+}
+
 /// Runs the automation for one job.
 #[async_trait]
 pub trait Workflow: Send + Sync {

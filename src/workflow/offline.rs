@@ -33,6 +33,32 @@ struct PayloadFacts {
     author: Option<Value>,
 }
 
+/// Every top-level payload member the offline workflow reads, the hints' included: a job
+/// stored in Redis keeps these and drops the rest.
+pub(super) const PAYLOAD_FIELDS: [&str; 20] = [
+    "subject",
+    "content",
+    "summary",
+    "description",
+    "fromEmailAddress",
+    "email",
+    "status",
+    "phone",
+    "webUrl",
+    "isForward",
+    "cf",
+    "ticketNumber",
+    "contact",
+    "author",
+    // The hints (`crate::event::HINT_KEYS`).
+    "id",
+    "ticketId",
+    "departmentId",
+    "departmentName",
+    "department",
+    "direction",
+];
+
 impl PayloadFacts {
     fn read(event: &TicketEvent) -> Self {
         serde_json::from_str(event.payload.json())
@@ -137,6 +163,38 @@ mod tests {
         assert_eq!(facts.department.as_deref(), Some("DOC"));
         assert_eq!(facts.customer_name.as_deref(), Some("Zoé"));
         assert_eq!(facts.web_url.as_deref(), Some("https://desk.example/1"));
+    }
+
+    #[test]
+    fn a_payload_cut_to_the_fields_read_gives_the_same_facts() {
+        let full = json!({
+            "subject": "Facture",
+            "description": "<div>Bonjour,<br>ma facture ?</div>",
+            "fromEmailAddress": "client@example.com",
+            "email": "Client@Example.com",
+            "status": "Open",
+            "phone": "+33 1 23",
+            "ticketNumber": 10457,
+            "webUrl": "https://desk.example/1",
+            "isForward": true,
+            "departmentName": "DOC",
+            "cf": {"cf_deal_id": "42"},
+            "contact": {"firstName": "Zoé", "email": "zoe@example.com"},
+            "author": {"email": "zoe@example.com"},
+            "customFields": {"x": 1},
+            "threadCount": "3",
+        });
+        let event = TicketEvent::new("1".into(), "Ticket_Add".into(), None, None, full);
+        let mut cut = event.clone();
+        cut.payload = event.payload.keeping(&PAYLOAD_FIELDS);
+        assert!(cut.payload.json().len() < event.payload.json().len());
+        assert_eq!(
+            facts_from_event(&cut, &settings()),
+            facts_from_event(&event, &settings())
+        );
+        for hint in crate::event::HINT_KEYS {
+            assert!(PAYLOAD_FIELDS.contains(&hint), "{hint}");
+        }
     }
 
     #[test]

@@ -204,7 +204,7 @@ def test_the_charts_redis_runs_as_rendered_and_the_pods_use_it(deskhook_bin, tmp
                 assert response.status == 200
         finally:
             pod.stop()
-        stored = subprocess.run([probe[0], "-p", str(port), "--scan", "--pattern", "deskhook:*"],
+        stored = subprocess.run([probe[0], "-p", str(port), "--scan", "--pattern", "{deskhook}:*"],
                                 env=env, capture_output=True, text=True, timeout=10)
         assert stored.stdout.split(), f"nothing stored in the chart's Redis: {stored.stderr}"
         assert (data / "appendonlydir").is_dir(), "Redis runs without its append-only file"

@@ -39,19 +39,25 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntGauge};
 use redis::Value;
-use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 
+mod commit;
+mod job;
+
+use self::commit::{Entry, GroupCommit, Outcome};
+use self::job::StoredJob;
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
-use crate::event::{DedupeKey, Payload, TicketEvent};
+use crate::event::{DedupeKey, TicketEvent};
 use crate::metrics::Metrics;
-use crate::store::{Context, Redis, RedisError, RedisSetupError, now_ms};
+use crate::store::{Connection, Context, Redis, RedisError, RedisSetupError, now_ms};
 
 /// The consumer group every pod belongs to.
 const GROUP: &str = "workers";
 /// Longest wait of one blocking read; claims re-check local work and shutdown this often.
 const BLOCK: Duration = Duration::from_millis(1000);
+/// Most stream entries one read takes ([`RedisQueueOptions::read_batch`]).
+pub const MAX_READ_BATCH: usize = 64;
 /// Entries taken over per `XAUTOCLAIM`.
 const RECLAIM_BATCH: usize = 20;
 /// How long the time of a ticket's last event or run is remembered for reconciliation.
@@ -68,6 +74,11 @@ pub struct RedisQueueOptions {
     pub max_attempts: u32,
     /// Dead letters kept at most; the oldest are trimmed (and counted) to make room.
     pub dead_letter_max: usize,
+    /// The payload members the workflow reads ([`crate::workflow::payload_fields`]): a
+    /// stored job keeps only these (all of it when `None`).
+    pub payload_fields: Option<&'static [&'static str]>,
+    /// Stream entries read at once: about the pod's workers, so one read feeds them all.
+    pub read_batch: usize,
 }
 
 /// Default of [`RedisQueueOptions::dead_letter_max`] (`DESKHOOK_DEAD_LETTER_MAX`).
@@ -78,61 +89,6 @@ pub const DEFAULT_DEAD_LETTER_MAX: usize = 10_000;
 struct Held {
     entry: String,
     ticket: String,
-}
-
-/// A job as stored in Redis.
-#[derive(Serialize, Deserialize)]
-struct StoredJob {
-    id: u64,
-    ticket_id: String,
-    event_type: String,
-    #[serde(default)]
-    org_id: Option<String>,
-    #[serde(default)]
-    event_time_ms: Option<i64>,
-    payload: Payload,
-    dedupe_key: String,
-    /// Wall-clock time of acceptance, so the echo guard's window survives a takeover.
-    enqueued_at_ms: u64,
-}
-
-impl StoredJob {
-    fn new(id: u64, event: &TicketEvent) -> Self {
-        Self {
-            id,
-            ticket_id: event.ticket_id.clone(),
-            event_type: event.event_type.clone(),
-            org_id: event.org_id.clone(),
-            event_time_ms: event.event_time_ms,
-            payload: event.payload.clone(),
-            dedupe_key: hex::encode(event.dedupe_key),
-            enqueued_at_ms: now_ms(),
-        }
-    }
-
-    fn into_job(self, attempt: u32) -> Job {
-        // Earlier versions stored 32-byte (SHA-256) keys: their first 16 bytes keep such a
-        // job's ledger key (made from the first 12), so its finished steps are not redone.
-        let dedupe_key = hex::decode(&self.dedupe_key)
-            .ok()
-            .and_then(|bytes| DedupeKey::try_from(bytes.get(..size_of::<DedupeKey>())?).ok())
-            .unwrap_or_default();
-        let age = Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms));
-        let now = Instant::now();
-        Job {
-            id: self.id,
-            event: TicketEvent::restore(
-                self.ticket_id,
-                self.event_type,
-                self.org_id,
-                self.event_time_ms,
-                self.payload,
-                dedupe_key,
-            ),
-            attempt: attempt.max(1),
-            enqueued_at: now.checked_sub(age).unwrap_or(now),
-        }
-    }
 }
 
 /// The keys of one queue.
@@ -171,22 +127,6 @@ impl Keys {
         self.redis.key(&format!("ticket:{ticket}"))
     }
 }
-
-/// Stores an event unless it is a duplicate or the queue is full. `ARGV[2]` is the job.
-const ACCEPT: &str = r#"
-local window = tonumber(ARGV[3])
-if window > 0 and redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
-local waiting = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
-if not waiting and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 'full' end
-if window > 0 then redis.call('SET', KEYS[1], '1', 'EX', window) end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6])
-if waiting then return 'coalesced' end
-if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
-  redis.call('XADD', KEYS[4], '*', 'ticket', ARGV[1])
-end
-return 'queued'
-"#;
 
 /// Binds the job of a delivered stream entry to it: the job already bound (a takeover, whose
 /// attempt is counted) or the ticket's waiting job. `false` when there is none.
@@ -312,7 +252,6 @@ return 0
 "#;
 
 struct Scripts {
-    accept: redis::Script,
     hold: redis::Script,
     release: redis::Script,
     renew_holds: redis::Script,
@@ -325,7 +264,6 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            accept: redis::Script::new(ACCEPT),
             hold: redis::Script::new(HOLD),
             release: redis::Script::new(RELEASE),
             renew_holds: redis::Script::new(RENEW_HOLDS),
@@ -387,9 +325,11 @@ impl QueueMetrics {
 
 /// The shared queue. Build it with [`RedisQueue::start`], which also starts its upkeep.
 pub struct RedisQueue {
-    connection: ConnectionManager,
+    connection: Connection,
+    /// Accepts share script calls through it.
+    commits: GroupCommit,
     /// Blocking reads only; one at a time, so workers take turns waiting on the stream.
-    reader: tokio::sync::Mutex<ConnectionManager>,
+    reader: tokio::sync::Mutex<Connection>,
     keys: Keys,
     options: RedisQueueOptions,
     scripts: Scripts,
@@ -418,10 +358,12 @@ impl RedisQueue {
         let reader = redis.dedicated(BLOCK + crate::store::COMMAND_TIMEOUT)?;
         let queue_metrics =
             QueueMetrics::register(metrics).map_err(|_| RedisSetupError::Connection)?;
+        let keys = Keys::new(redis);
         let queue = Arc::new(Self {
+            commits: GroupCommit::start(redis.connection(), keys.clone(), TOUCH_TTL_SECONDS),
             connection: redis.connection(),
             reader: tokio::sync::Mutex::new(reader),
-            keys: Keys::new(redis),
+            keys,
             options,
             scripts: Scripts::new(),
             metrics: queue_metrics,
@@ -438,7 +380,7 @@ impl RedisQueue {
         Ok(queue)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         self.connection.clone()
     }
 
@@ -449,7 +391,11 @@ impl RedisQueue {
             if up {
                 tracing::info!("Redis is reachable again");
             } else if let Err(error) = &result {
-                tracing::error!(error = %error, "Redis is unreachable: deliveries get 503");
+                tracing::error!(
+                    error = %error,
+                    "{}: deliveries get 503",
+                    error.diagnosis()
+                );
             }
         }
         self.metrics.redis_up.set(i64::from(up));
@@ -559,14 +505,22 @@ impl RedisQueue {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads one new entry for this pod (waiting up to [`BLOCK`]) and binds its job.
+    /// Reads new entries for this pod (up to [`RedisQueueOptions::read_batch`], waiting up to
+    /// [`BLOCK`] for the first) and binds their jobs: the first is returned, the others wait
+    /// in `local` for this pod's other workers. `None` when a worker should look again: the
+    /// read timed out, or another worker's read left work in `local` meanwhile.
     async fn read_new(&self) -> Result<Option<Job>, RedisError> {
         self.ensure_group().await?;
         let reply: redis::RedisResult<Value> = {
-            let mut reader = self.reader.lock().await;
-            // Workers queue for the reader, each turn a blocking read: one that waited while
-            // the queue closed stops here, or a pod would take a second per worker to stop.
-            if self.closed.load(Ordering::Acquire) {
+            // Workers take turns reading; one waiting for its turn also wakes for the work
+            // another worker's read leaves in `local`.
+            let mut reader = tokio::select! {
+                reader = self.reader.lock() => reader,
+                () = self.wake.notified() => return Ok(None),
+            };
+            // One that waited while the queue closed stops here, or a pod would take a second
+            // per worker to stop; one that finds local work takes it instead of reading.
+            if self.closed.load(Ordering::Acquire) || !self.lock_local().is_empty() {
                 return Ok(None);
             }
             redis::cmd("XREADGROUP")
@@ -574,7 +528,7 @@ impl RedisQueue {
                 .arg(GROUP)
                 .arg(&self.options.consumer)
                 .arg("COUNT")
-                .arg(1)
+                .arg(self.options.read_batch.max(1))
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -592,10 +546,44 @@ impl RedisQueue {
             }
             Err(e) => return Err(RedisError::new("read the stream", &e)),
         };
-        let Some((entry, ticket)) = stream_entries(&reply).into_iter().next() else {
+        let entries = stream_entries(&reply);
+        if entries.is_empty() {
             return Ok(None);
-        };
-        self.bind(&entry, &ticket, false).await
+        }
+        // One script call per entry, sent together on the multiplexed connection.
+        let bound = futures::future::join_all(
+            entries
+                .iter()
+                .map(|(entry, ticket)| self.bind(entry, ticket, false)),
+        )
+        .await;
+        self.depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(entries.len()))
+            })
+            .ok();
+        let mut jobs = Vec::with_capacity(bound.len());
+        let mut failure = None;
+        for result in bound {
+            match result {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => {}
+                // An entry whose binding failed stays in the group's pending list, unbound:
+                // after `claimIdleSeconds` a pod (this one too) takes it over.
+                Err(error) => failure = Some(error),
+            }
+        }
+        let mut jobs = jobs.into_iter();
+        let first = jobs.next();
+        let more = jobs.len();
+        if more > 0 {
+            self.lock_local().extend(jobs);
+            self.wake.notify_waiters();
+        }
+        match (first, failure) {
+            (None, Some(error)) => Err(error),
+            (first, _) => Ok(first),
+        }
     }
 
     /// Binds the job of `entry`; an entry without a job is finished at once.
@@ -832,39 +820,24 @@ impl Queue for RedisQueue {
         if self.closed.load(Ordering::Acquire) {
             return Err(QueueError::Closed);
         }
-        let result = async {
-            let id = self.next_job_id().await?;
-            let job = serde_json::to_string(&StoredJob::new(id, &event))
-                .expect("a job serialises to JSON");
-            let outcome: String = self
-                .scripts
-                .accept
-                .key(self.keys.seen(&event.dedupe_key))
-                .key(&self.keys.pending)
-                .key(&self.keys.queued)
-                .key(&self.keys.stream)
-                .key(self.keys.touched(&event.ticket_id))
-                .arg(&event.ticket_id)
-                .arg(job)
-                .arg(policy.dedupe_window.as_secs())
-                .arg(policy.capacity)
-                .arg(now_ms())
-                .arg(TOUCH_TTL_SECONDS)
-                .invoke_async(&mut self.conn())
-                .await
-                .doing("store an event")?;
-            Ok::<_, RedisError>(outcome)
-        }
-        .await;
-        let outcome = self.observe(result).map_err(|error| {
+        let entry = Entry {
+            seen: self.keys.seen(&event.dedupe_key),
+            touched: self.keys.touched(&event.ticket_id),
+            job: StoredJob::unnumbered(&event, self.options.payload_fields),
+            ticket: event.ticket_id,
+            window_seconds: policy.dedupe_window.as_secs(),
+            capacity: policy.capacity,
+        };
+        let stored = self.commits.store(entry).await;
+        let outcome = self.observe(stored).map_err(|error| {
             tracing::error!(error = %error, "event not stored in Redis");
             QueueError::Unavailable
         })?;
-        match outcome.as_str() {
-            "duplicate" => Ok(Accepted::Duplicate),
-            "full" => Err(QueueError::Full),
-            "coalesced" => Ok(Accepted::Coalesced),
-            _ => {
+        match outcome {
+            Outcome::Duplicate => Ok(Accepted::Duplicate),
+            Outcome::Full => Err(QueueError::Full),
+            Outcome::Coalesced => Ok(Accepted::Coalesced),
+            Outcome::Queued => {
                 self.depth.fetch_add(1, Ordering::Relaxed);
                 Ok(Accepted::Queued)
             }
@@ -882,14 +855,7 @@ impl Queue for RedisQueue {
             }
             let read = self.read_new().await;
             match self.observe(read) {
-                Ok(Some(job)) => {
-                    self.depth
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                            Some(d.saturating_sub(1))
-                        })
-                        .ok();
-                    return Some(job);
-                }
+                Ok(Some(job)) => return Some(job),
                 Ok(None) => {}
                 Err(_) => {
                     // Wait a little (or for local work) before asking Redis again.
@@ -1125,7 +1091,7 @@ pub struct Replayed {
 
 /// Inspection and repair of a Redis queue from the command line, without running workers.
 pub struct QueueAdmin {
-    connection: ConnectionManager,
+    connection: Connection,
     keys: Keys,
 }
 
@@ -1254,39 +1220,6 @@ impl QueueAdmin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_stored_job_round_trips_with_its_identity() {
-        let event = TicketEvent::new(
-            "198709000438366101".into(),
-            "Ticket_Update".into(),
-            Some("1".into()),
-            Some(1_714_560_000_000),
-            json!({"id": 198709000438366101u64, "subject": "é"}),
-        );
-        let text = serde_json::to_string(&StoredJob::new(42, &event)).unwrap();
-        let job = serde_json::from_str::<StoredJob>(&text)
-            .unwrap()
-            .into_job(3);
-        assert_eq!(job.id, 42);
-        assert_eq!(job.attempt, 3);
-        assert_eq!(job.event, event);
-    }
-
-    #[test]
-    fn a_job_stored_with_a_32_byte_key_keeps_its_first_16_bytes() {
-        let event = TicketEvent::new("7".into(), "Ticket_Add".into(), None, None, json!({}));
-        let mut stored = StoredJob::new(1, &event);
-        let legacy: Vec<u8> = (0u8..32).collect();
-        stored.dedupe_key = hex::encode(&legacy);
-        let job = stored.into_job(1);
-        assert_eq!(job.event.dedupe_key[..], legacy[..16]);
-
-        let mut stored = StoredJob::new(1, &event);
-        stored.dedupe_key = "not hex".to_owned();
-        assert_eq!(stored.into_job(1).event.dedupe_key, DedupeKey::default());
-    }
 
     #[test]
     fn entries_are_read_from_both_protocol_shapes() {
