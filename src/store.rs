@@ -167,9 +167,9 @@ impl Redis {
         let client = match (cluster_url(text), topology) {
             (Some(plain), _) => Client::cluster(&plain)?,
             (None, Topology::Cluster) => Client::cluster(text)?,
-            (None, Topology::Standalone) => Client::Single(
-                redis::Client::open(text).map_err(|_| RedisSetupError::InvalidUrl)?,
-            ),
+            (None, Topology::Standalone) => {
+                Client::Single(redis::Client::open(text).map_err(|_| RedisSetupError::InvalidUrl)?)
+            }
         };
         let connection = client.connect(COMMAND_TIMEOUT)?;
         Ok(Self {

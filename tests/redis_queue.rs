@@ -484,10 +484,17 @@ async fn a_bulk_update_of_100000_tickets_is_taken_whole_and_each_ticket_runs_onc
         BULK_TICKETS as f64 / intake.as_secs_f64(),
         drained.as_secs_f64(),
     );
+    let holder = redis.url_of_node_holding("{deskhook}:stream");
     for (start, end) in before.iter().zip(&after) {
+        let keys = if holder.contains(&format!(":{}/", end.port)) {
+            ", the deployment's keys"
+        } else {
+            ""
+        };
         report += &format!(
-            "Redis on port {}: used_memory {} B before, {} B after, used_memory_peak {} B \
-             ({:.0} B per ticket above the start)\n",
+            "Redis on port {}{keys}: used_memory {} B before, {} B after (the dedupe window \
+             keeps a key per delivery), used_memory_peak {} B ({:.0} B per ticket above the \
+             start)\n",
             end.port,
             start.used,
             end.used,

@@ -42,7 +42,9 @@ impl RedisServer {
             nodes: (0..count).map(|_| Node::new(cluster)).collect(),
             cluster,
         };
-        server.spawn();
+        for node in &mut server.nodes {
+            node.start_on_free_ports();
+        }
         if cluster {
             server.create_cluster();
             server.wait_until_whole();
@@ -79,15 +81,6 @@ impl RedisServer {
     /// `used_memory` and `used_memory_peak` of every node, from `INFO memory`.
     pub fn memory(&self) -> Vec<NodeMemory> {
         self.nodes.iter().map(Node::memory).collect()
-    }
-
-    fn spawn(&mut self) {
-        for node in &mut self.nodes {
-            node.spawn();
-        }
-        for node in &self.nodes {
-            node.wait_until_answering();
-        }
     }
 
     /// Joins the nodes into one cluster, the slots spread evenly, no replicas: the way an
@@ -144,7 +137,16 @@ impl RedisServer {
     /// Starts every node again after [`RedisServer::kill`], and waits until the cluster is
     /// whole again.
     pub fn start_again(&mut self) {
-        self.spawn();
+        for node in &mut self.nodes {
+            node.spawn();
+        }
+        for node in &mut self.nodes {
+            assert!(
+                node.answers_in_time(),
+                "redis-server on port {} exited at its restart",
+                node.port
+            );
+        }
         if self.cluster {
             self.wait_until_whole();
         }
@@ -178,13 +180,29 @@ struct Node {
 
 impl Node {
     fn new(cluster: bool) -> Self {
+        let (port, bus_port) = two_free_ports();
         Self {
             child: None,
-            port: free_port(),
-            bus_port: free_port(),
+            port,
+            bus_port,
             cluster,
             dir: TempDir::new("redis"),
         }
+    }
+
+    /// Starts the server on ports that were free a moment ago. Another process (a client's
+    /// outgoing connection, another test) may have taken one since, and the server then exits
+    /// at once: it is tried again on other ports.
+    fn start_on_free_ports(&mut self) {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            self.spawn();
+            if self.answers_in_time() {
+                return;
+            }
+            (self.port, self.bus_port) = two_free_ports();
+        }
+        panic!("redis-server exited at start on {ATTEMPTS} pairs of free ports");
     }
 
     fn url(&self) -> String {
@@ -222,9 +240,20 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn wait_until_answering(&self) {
+    /// Waits until the server answers `PING`: true, or false if it exited first (its port
+    /// was taken). A server that neither answers nor exits in time fails the test.
+    fn answers_in_time(&mut self) -> bool {
         let deadline = Instant::now() + STARTUP;
         while self.query::<String>(&redis::cmd("PING")).as_deref() != Some("PONG") {
+            let child = self.child.as_mut().expect("the server was spawned");
+            if child
+                .try_wait()
+                .expect("the server can be polled")
+                .is_some()
+            {
+                self.child = None;
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {} did not answer in time",
@@ -232,6 +261,7 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     fn cluster_is_ok(&self) -> bool {
@@ -288,12 +318,12 @@ impl Node {
     }
 }
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// Two distinct ports nothing listens on now: both are held until both are chosen.
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (first, second) = (bind(), bind());
+    let port = |listener: &std::net::TcpListener| listener.local_addr().expect("bound").port();
+    (port(&first), port(&second))
 }
 
 /// Runs `command` to its end, killing it if it takes longer than `limit`.
