@@ -554,6 +554,12 @@ async fn a_pod_killed_amid_a_burst_of_group_commits_loses_no_acknowledged_delive
         .filter(|(_, status)| *status == 200)
         .map(|(ticket, _)| ticket)
         .collect();
+    let _ = writeln!(
+        std::io::stderr(),
+        "killed amid the burst: {} deliveries acknowledged, {} unanswered",
+        acknowledged.len(),
+        statuses.get(&0).unwrap_or(&0)
+    );
 
     let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
     // Moved is read from the ticket: a move the killed pod sent may have taken effect with
