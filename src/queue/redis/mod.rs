@@ -44,13 +44,15 @@ use tokio::sync::Notify;
 
 mod commit;
 mod job;
+mod legacy;
 
 use self::commit::{Entry, GroupCommit, Outcome};
 use self::job::StoredJob;
+use self::legacy::Legacy;
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
 use crate::event::{DedupeKey, TicketEvent};
 use crate::metrics::Metrics;
-use crate::store::{Connection, Context, Redis, RedisError, RedisSetupError, now_ms};
+use crate::store::{Connection, Context, Redis, RedisError, RedisSetupError, Topology, now_ms};
 
 /// The consumer group every pod belongs to.
 const GROUP: &str = "workers";
@@ -345,6 +347,8 @@ pub struct RedisQueue {
     healthy: AtomicBool,
     depth: AtomicUsize,
     group_ready: AtomicBool,
+    /// The previous version's keys, on a single Redis (a cluster never held them).
+    legacy: Option<Legacy>,
 }
 
 impl RedisQueue {
@@ -375,6 +379,7 @@ impl RedisQueue {
             healthy: AtomicBool::new(false),
             depth: AtomicUsize::new(0),
             group_ready: AtomicBool::new(false),
+            legacy: (redis.topology() == Topology::Standalone).then(|| Legacy::new(redis)),
         });
         tokio::spawn(upkeep(Arc::downgrade(&queue)));
         Ok(queue)
@@ -787,9 +792,36 @@ async fn upkeep(queue: Weak<RedisQueue>) {
     };
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renamed = false;
     loop {
         ticker.tick().await;
         let Some(queue) = queue.upgrade() else { return };
+        if queue.legacy.is_some() && !renamed {
+            match queue.observe(legacy::rename(&queue.keys.redis).await) {
+                Ok(0) => renamed = true,
+                Ok(count) => {
+                    renamed = true;
+                    tracing::info!(
+                        keys = count,
+                        "moved the Redis keys under the prefix's hash tag"
+                    );
+                }
+                Err(_) => continue,
+            }
+        }
+        if let Some(legacy) = &queue.legacy {
+            let claim_idle_ms = queue.options.claim_idle.as_millis() as u64;
+            let moved = legacy
+                .pass(&mut queue.conn(), &queue.keys, claim_idle_ms)
+                .await;
+            match queue.observe(moved) {
+                Ok(0) => {}
+                Ok(jobs) => tracing::info!(jobs, "took over jobs queued by the previous version"),
+                Err(error) => {
+                    tracing::warn!(error = %error, "failed to move the previous version's jobs")
+                }
+            }
+        }
         let renewed = match queue.renew().await {
             Ok(()) => queue.upkeep_holds().await,
             Err(error) => Err(error),
