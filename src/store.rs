@@ -167,9 +167,9 @@ impl Redis {
         let client = match (cluster_url(text), topology) {
             (Some(plain), _) => Client::cluster(&plain)?,
             (None, Topology::Cluster) => Client::cluster(text)?,
-            (None, Topology::Standalone) => {
-                Client::Single(redis::Client::open(text).map_err(|_| RedisSetupError::InvalidUrl)?)
-            }
+            (None, Topology::Standalone) => Client::Single(Box::new(
+                redis::Client::open(text).map_err(|_| RedisSetupError::InvalidUrl)?,
+            )),
         };
         let connection = client.connect(COMMAND_TIMEOUT)?;
         Ok(Self {
@@ -220,8 +220,8 @@ fn cluster_url(url: &str) -> Option<String> {
 /// What connections are made from.
 #[derive(Clone)]
 enum Client {
-    Single(redis::Client),
-    Cluster(ClusterClient),
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Client {
@@ -230,7 +230,7 @@ impl Client {
             .retries(2)
             .max_retry_wait(1000)
             .build()
-            .map(Self::Cluster)
+            .map(|client| Self::Cluster(Box::new(client)))
             .map_err(|_| RedisSetupError::InvalidUrl)
     }
 
@@ -243,7 +243,7 @@ impl Client {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                ConnectionManager::new_lazy_with_config(client.as_ref().clone(), config)
                     .map(Connection::Single)
                     .map_err(|_| RedisSetupError::Connection)
             }

@@ -42,11 +42,14 @@ use redis::Value;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-mod commit;
+mod accept;
+mod batch;
+mod finish;
 mod job;
 mod legacy;
 
-use self::commit::{Entry, GroupCommit, Outcome};
+use self::accept::{Accepts, Entry, Outcome};
+use self::finish::{Done, Finishes};
 use self::job::StoredJob;
 use self::legacy::Legacy;
 use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
@@ -130,49 +133,31 @@ impl Keys {
     }
 }
 
-/// Binds the job of a delivered stream entry to it: the job already bound (a takeover, whose
-/// attempt is counted) or the ticket's waiting job. `false` when there is none.
-const TAKE: &str = r#"
-local attempts = ARGV[1] .. ':attempts'
-local job = redis.call('HGET', KEYS[2], ARGV[1])
-if job then
-  local attempt = redis.call('HINCRBY', KEYS[2], attempts, tonumber(ARGV[3]))
-  return {job, attempt}
+/// Binds the jobs of delivered stream entries to them: for each entry (pairs of entry and
+/// ticket from `ARGV[2]` on), the job already bound (a takeover, whose attempt is counted when
+/// `ARGV[1]` is 1) or the ticket's waiting job. Returns per entry {job, attempt}, or 0 when
+/// there is no job.
+const TAKE_BATCH: &str = r#"
+local bound = {}
+for i = 2, #ARGV, 2 do
+  local entry, ticket = ARGV[i], ARGV[i + 1]
+  local attempts = entry .. ':attempts'
+  local job = redis.call('HGET', KEYS[2], entry)
+  if job then
+    local attempt = redis.call('HINCRBY', KEYS[2], attempts, tonumber(ARGV[1]))
+    table.insert(bound, {job, attempt})
+  else
+    job = redis.call('HGET', KEYS[1], ticket)
+    if job then
+      redis.call('HDEL', KEYS[1], ticket)
+      redis.call('HSET', KEYS[2], entry, job, attempts, 1)
+      table.insert(bound, {job, 1})
+    else
+      table.insert(bound, 0)
+    end
+  end
 end
-job = redis.call('HGET', KEYS[1], ARGV[2])
-if not job then return false end
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], job, attempts, 1)
-return {job, 1}
-"#;
-
-/// Ends a run: only by the entry's owner; optionally dead-letters the job first; puts the
-/// ticket back on the stream when an event waits for it, else frees it.
-/// The dead-letter stream keeps at most ARGV[9] entries, the oldest trimmed.
-/// Returns {code, trimmed}: code -1 when this pod no longer owns the entry, 2 for a re-run,
-/// 1 otherwise; trimmed, the dead letters dropped to make room.
-const FINISH: &str = r#"
-local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
-if #owned == 0 then return {-1, 0} end
-local trimmed = 0
-if ARGV[6] == '1' then
-  local job = redis.call('HGET', KEYS[3], ARGV[3]) or ''
-  local attempts = redis.call('HGET', KEYS[3], ARGV[3] .. ':attempts') or '0'
-  local before = redis.call('XLEN', KEYS[5])
-  redis.call('XADD', KEYS[5], 'MAXLEN', ARGV[9], '*', 'ticket', ARGV[4], 'job', job,
-    'attempts', attempts, 'error', ARGV[7], 'failed_at', ARGV[5], 'consumer', ARGV[2])
-  trimmed = before + 1 - redis.call('XLEN', KEYS[5])
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3], ARGV[3] .. ':attempts')
-redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[8])
-if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
-  redis.call('XADD', KEYS[1], '*', 'ticket', ARGV[4])
-  return {2, trimmed}
-end
-redis.call('SREM', KEYS[4], ARGV[4])
-return {1, trimmed}
+return bound
 "#;
 
 /// Renews this pod's ownership of its entries; returns the ones another pod took over.
@@ -258,7 +243,6 @@ struct Scripts {
     release: redis::Script,
     renew_holds: redis::Script,
     take: redis::Script,
-    finish: redis::Script,
     renew: redis::Script,
     retry: redis::Script,
 }
@@ -269,8 +253,7 @@ impl Scripts {
             hold: redis::Script::new(HOLD),
             release: redis::Script::new(RELEASE),
             renew_holds: redis::Script::new(RENEW_HOLDS),
-            take: redis::Script::new(TAKE),
-            finish: redis::Script::new(FINISH),
+            take: redis::Script::new(TAKE_BATCH),
             renew: redis::Script::new(RENEW),
             retry: redis::Script::new(RETRY),
         }
@@ -329,7 +312,9 @@ impl QueueMetrics {
 pub struct RedisQueue {
     connection: Connection,
     /// Accepts share script calls through it.
-    commits: GroupCommit,
+    accepts: Accepts,
+    /// So do the ends of runs.
+    finishes: Finishes,
     /// Blocking reads only; one at a time, so workers take turns waiting on the stream.
     reader: tokio::sync::Mutex<Connection>,
     keys: Keys,
@@ -364,7 +349,14 @@ impl RedisQueue {
             QueueMetrics::register(metrics).map_err(|_| RedisSetupError::Connection)?;
         let keys = Keys::new(redis);
         let queue = Arc::new(Self {
-            commits: GroupCommit::start(redis.connection(), keys.clone(), TOUCH_TTL_SECONDS),
+            accepts: accept::start(redis.connection(), keys.clone(), TOUCH_TTL_SECONDS),
+            finishes: finish::start(
+                redis.connection(),
+                keys.clone(),
+                options.consumer.clone(),
+                options.dead_letter_max,
+                TOUCH_TTL_SECONDS,
+            ),
             connection: redis.connection(),
             reader: tokio::sync::Mutex::new(reader),
             keys,
@@ -555,29 +547,15 @@ impl RedisQueue {
         if entries.is_empty() {
             return Ok(None);
         }
-        // One script call per entry, sent together on the multiplexed connection.
-        let bound = futures::future::join_all(
-            entries
-                .iter()
-                .map(|(entry, ticket)| self.bind(entry, ticket, false)),
-        )
-        .await;
+        let bound = self.bind_all(&entries, false).await;
         self.depth
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
                 Some(d.saturating_sub(entries.len()))
             })
             .ok();
-        let mut jobs = Vec::with_capacity(bound.len());
-        let mut failure = None;
-        for result in bound {
-            match result {
-                Ok(Some(job)) => jobs.push(job),
-                Ok(None) => {}
-                // An entry whose binding failed stays in the group's pending list, unbound:
-                // after `claimIdleSeconds` a pod (this one too) takes it over.
-                Err(error) => failure = Some(error),
-            }
-        }
+        // Entries whose binding failed stay in the group's pending list, unbound: after
+        // `claimIdleSeconds` a pod (this one too) takes them over.
+        let jobs: Vec<Job> = bound?.into_iter().flatten().collect();
         let mut jobs = jobs.into_iter();
         let first = jobs.next();
         let more = jobs.len();
@@ -585,42 +563,58 @@ impl RedisQueue {
             self.lock_local().extend(jobs);
             self.wake.notify_waiters();
         }
-        match (first, failure) {
-            (None, Some(error)) => Err(error),
-            (first, _) => Ok(first),
-        }
+        Ok(first)
     }
 
-    /// Binds the job of `entry`; an entry without a job is finished at once.
-    async fn bind(
+    /// Binds the jobs of `entries` (entry, ticket) with one script call; an entry without a
+    /// job (or with an unreadable one) is finished at once. One result per entry.
+    async fn bind_all(
+        &self,
+        entries: &[(String, String)],
+        taken_over: bool,
+    ) -> Result<Vec<Option<Job>>, RedisError> {
+        let mut invocation = self.scripts.take.key(&self.keys.pending);
+        invocation
+            .key(&self.keys.running)
+            .arg(u32::from(taken_over));
+        for (entry, ticket) in entries {
+            invocation.arg(entry).arg(ticket);
+        }
+        let bound: Vec<Value> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .doing("bind jobs to their stream entries")?;
+        let mut jobs = Vec::with_capacity(entries.len());
+        for ((entry, ticket), bound) in entries.iter().zip(bound) {
+            jobs.push(self.bound(entry, ticket, bound, taken_over).await);
+        }
+        Ok(jobs)
+    }
+
+    /// The job `TAKE_BATCH` bound to `entry`, if any. An entry left unfinished (Redis
+    /// failed meanwhile) stays in the group's pending list and is taken over later.
+    async fn bound(
         &self,
         entry: &str,
         ticket: &str,
+        bound: Value,
         taken_over: bool,
-    ) -> Result<Option<Job>, RedisError> {
-        let bound: Option<(String, u32)> = self
-            .scripts
-            .take
-            .key(&self.keys.pending)
-            .key(&self.keys.running)
-            .arg(entry)
-            .arg(ticket)
-            .arg(u32::from(taken_over))
-            .invoke_async(&mut self.conn())
-            .await
-            .doing("bind a job to its stream entry")?;
+    ) -> Option<Job> {
+        let bound: Option<(String, u32)> = redis::from_redis_value(bound).ok();
         let Some((stored, attempt)) = bound else {
             tracing::warn!(entry, "stream entry without a job; releasing its ticket");
-            self.finish_entry(entry, ticket, None).await?;
-            return Ok(None);
+            let finished = self.finish_entry(entry, ticket, None).await;
+            let _ = self.observe(finished);
+            return None;
         };
         let stored: StoredJob = match serde_json::from_str(&stored) {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::error!(entry, error = %error, "unreadable job; dead-lettering it");
                 let why = format!("unreadable job: {error}");
-                self.finish_entry(entry, ticket, Some(&why)).await?;
-                return Ok(None);
+                let finished = self.finish_entry(entry, ticket, Some(why)).await;
+                let _ = self.observe(finished);
+                return None;
             }
         };
         let job = stored.into_job(attempt);
@@ -629,38 +623,27 @@ impl RedisQueue {
             // A job whose runs keep killing their pod must not take the whole deployment down.
             let why = format!("abandoned by its pod {} times", attempt - 1);
             self.dead_letter(&job, &why).await;
-            return Ok(None);
+            return None;
         }
-        Ok(Some(job))
+        Some(job)
     }
 
-    /// Runs the finish script for an entry; `dead` carries the error when dead-lettering.
+    /// Ends the run of an entry, with the others ending now; `dead` carries the error when
+    /// dead-lettering.
     async fn finish_entry(
         &self,
         entry: &str,
         ticket: &str,
-        dead: Option<&str>,
-    ) -> Result<(i64, u64), RedisError> {
-        self.scripts
-            .finish
-            .key(&self.keys.stream)
-            .key(&self.keys.pending)
-            .key(&self.keys.running)
-            .key(&self.keys.queued)
-            .key(&self.keys.dead)
-            .key(self.keys.touched(ticket))
-            .arg(GROUP)
-            .arg(&self.options.consumer)
-            .arg(entry)
-            .arg(ticket)
-            .arg(now_ms())
-            .arg(if dead.is_some() { "1" } else { "0" })
-            .arg(dead.unwrap_or(""))
-            .arg(TOUCH_TTL_SECONDS)
-            .arg(self.options.dead_letter_max.max(1))
-            .invoke_async(&mut self.conn())
+        dead: Option<String>,
+    ) -> Result<finish::Finished, RedisError> {
+        self.finishes
+            .submit(Done {
+                entry: entry.to_owned(),
+                ticket: ticket.to_owned(),
+                touched: self.keys.touched(ticket),
+                dead,
+            })
             .await
-            .doing("finish a job")
     }
 
     /// Finishes a held job, retrying briefly: a lost acknowledgement only means the job is
@@ -670,8 +653,9 @@ impl RedisQueue {
             return;
         };
         for attempt in 1..=5u32 {
+            let dead = dead.map(str::to_owned);
             let result = self.finish_entry(&held.entry, &held.ticket, dead).await;
-            let result = result.map(|(code, trimmed)| {
+            let result = result.map(|finish::Finished { code, trimmed }| {
                 if trimmed > 0 {
                     self.metrics.dead_letters_trimmed.inc_by(trimmed);
                     tracing::warn!(
@@ -747,21 +731,26 @@ impl RedisQueue {
             Value::Array(parts) if parts.len() >= 2 => entry_list(&parts[1]),
             _ => Vec::new(),
         };
-        for (entry, ticket) in claimed {
-            // Ours already (a renewal that came too late): nothing to take over.
-            if self.lock_held().values().any(|h| h.entry == entry) {
-                continue;
-            }
-            if let Some(job) = self.bind(&entry, &ticket, true).await? {
-                self.metrics.reclaimed.inc();
-                tracing::warn!(
-                    ticket_id = %job.event.ticket_id,
-                    attempt = job.attempt,
-                    "took over a job its pod stopped renewing"
-                );
-                self.lock_local().push_back(job);
-                self.wake.notify_one();
-            }
+        // Ours already (a renewal that came too late): nothing to take over.
+        let claimed: Vec<(String, String)> = {
+            let held = self.lock_held();
+            claimed
+                .into_iter()
+                .filter(|(entry, _)| !held.values().any(|h| &h.entry == entry))
+                .collect()
+        };
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        for job in self.bind_all(&claimed, true).await?.into_iter().flatten() {
+            self.metrics.reclaimed.inc();
+            tracing::warn!(
+                ticket_id = %job.event.ticket_id,
+                attempt = job.attempt,
+                "took over a job its pod stopped renewing"
+            );
+            self.lock_local().push_back(job);
+            self.wake.notify_one();
         }
         Ok(())
     }
@@ -860,7 +849,7 @@ impl Queue for RedisQueue {
             window_seconds: policy.dedupe_window.as_secs(),
             capacity: policy.capacity,
         };
-        let stored = self.commits.store(entry).await;
+        let stored = self.accepts.submit(entry).await;
         let outcome = self.observe(stored).map_err(|error| {
             tracing::error!(error = %error, "event not stored in Redis");
             QueueError::Unavailable
