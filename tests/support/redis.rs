@@ -171,8 +171,8 @@ pub struct NodeMemory {
 struct Node {
     child: Option<Child>,
     port: u16,
-    /// The cluster bus port, chosen free like the client port rather than the default
-    /// port + 10000, which may be taken or out of range.
+    /// The cluster bus port (`--cluster-port`, Redis 7 and later), chosen free like the
+    /// client port rather than the default port + 10000, which may be taken or out of range.
     bus_port: u16,
     cluster: bool,
     dir: TempDir,
