@@ -53,8 +53,9 @@ values-schema:
 	$(PYTHON) tests/chart/values_schema.py
 
 # Builds release binaries and measures intake against the reference peers (../shared/peers, or
-# PEERS_DIR), start-up, memory, binary size and the workflow against the fake Zoho; prints
-# tables with ratios. BENCH_ARGS passes options to bench/run.py (e.g. --duration 8 --reps 3).
+# PEERS_DIR), the Redis queue (needs redis-server; --no-redis leaves it out), start-up, memory,
+# binary size and the workflow against the fake Zoho; prints tables with ratios. BENCH_ARGS
+# passes options to bench/run.py (e.g. --duration 8 --reps 3).
 bench:
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 

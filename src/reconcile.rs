@@ -1,11 +1,12 @@
 //! Reconciliation: Zoho does not redeliver a webhook it failed to deliver, so one elected pod
 //! periodically lists the tickets modified recently in the handled departments and queues
-//! any whose latest change came after the last event deskhook accepted or the last run it
-//! finished for that ticket. Level-triggered, like a Kubernetes controller: it compares the
-//! state it sees with what was processed, whatever events were lost on the way.
+//! any whose latest change came after the last run deskhook finished for that ticket, unless
+//! a job of the ticket is waiting or running (its run reads the ticket as it is then).
+//! Level-triggered, like a Kubernetes controller: it compares the state it sees with what was
+//! processed, whatever events were lost on the way.
 //!
-//! The queue records, per ticket, when an event was last accepted and when a run last
-//! finished (`ticket:<id>`). A run finishes after its own writes, so the changes deskhook
+//! The queue records, per ticket, when a run last finished (`ticket:<id>`) and which tickets
+//! have a job (`queued`). A run finishes after its own writes, so the changes deskhook
 //! made itself are never newer than that mark (beyond [`CLOCK_MARGIN`] of clock skew) and
 //! never start a run (DESIGN invariant 4). Changes younger than [`SETTLE`] are left alone:
 //! their webhook may still be on its way.
@@ -166,7 +167,7 @@ impl Reconciler {
         let now = now_ms();
         let lookback = settings.queue().redis.reconcile_lookback_seconds * 1000;
         let policy = AcceptPolicy {
-            capacity: settings.queue().capacity as usize,
+            capacity: settings.queue_capacity() as usize,
             dedupe_window: Duration::from_secs(settings.queue().dedupe_window_seconds),
         };
         let mut queued = 0;
@@ -186,12 +187,18 @@ impl Reconciler {
                 if modified + SETTLE.as_millis() as u64 > now {
                     continue;
                 }
-                let seen: Option<u64> = redis::cmd("GET")
+                let (seen, has_job): (Option<u64>, bool) = redis::pipe()
+                    .cmd("GET")
                     .arg(self.keys.touched(&ticket.id))
+                    .cmd("SISMEMBER")
+                    .arg(&self.keys.queued)
+                    .arg(&ticket.id)
                     .query_async(&mut self.redis.connection())
                     .await
                     .doing("read when a ticket was last processed")?;
-                if seen.is_some_and(|seen| modified <= seen + CLOCK_MARGIN.as_millis() as u64) {
+                let processed =
+                    seen.is_some_and(|seen| modified <= seen + CLOCK_MARGIN.as_millis() as u64);
+                if processed || has_job {
                     continue;
                 }
                 let event = TicketEvent::new(

@@ -3,61 +3,80 @@
 //! One list (`decisions`), newest first, trimmed to the retention on every push; ids come from
 //! one counter (`decisions:seq`) so they are unique across pods.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use crate::store::batch::{Batcher, Commit};
 use crate::store::{Context, Redis, RedisError};
 use crate::workflow::DecisionReport;
 
+/// Stores reports (`ARGV[2]` on, each an entry's JSON without its id), newest last: numbers
+/// each, pushes it and trims the list to `ARGV[1]` + 1 entries. Returns the ids.
+const PUSH: &str = r#"
+local ids = {}
+for i = 2, #ARGV do
+  local id = redis.call('INCR', KEYS[2])
+  redis.call('LPUSH', KEYS[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[i], 2))
+  ids[i - 1] = id
+end
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[1]))
+return ids
+"#;
+
 /// A report as stored in Redis, with its id.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Entry {
     id: String,
     report: DecisionReport,
 }
 
-/// The shared store of recent decision reports.
+/// A report on its way to Redis, which numbers it.
+#[derive(Serialize)]
+struct Unnumbered<'a> {
+    report: &'a DecisionReport,
+}
+
+/// The shared store of recent decision reports. Reports finished together are stored by one
+/// script call (a group commit), so a busy deployment pays one round trip per batch.
 pub struct RedisDecisions {
     redis: Redis,
     capacity: usize,
+    pushes: Batcher<String, u64>,
 }
 
 impl RedisDecisions {
     pub fn new(redis: Redis, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let script = Arc::new(redis::Script::new(PUSH));
+        let (list, sequence) = (redis.key("decisions"), redis.key("decisions:seq"));
+        let connection = redis.connection();
+        let commit: Commit<String, u64> = Arc::new(move |reports| {
+            let (script, mut connection) = (script.clone(), connection.clone());
+            let (list, sequence) = (list.clone(), sequence.clone());
+            Box::pin(async move {
+                let mut invocation = script.key(list);
+                invocation.key(sequence).arg(capacity - 1);
+                for report in &reports {
+                    invocation.arg(report);
+                }
+                invocation
+                    .invoke_async(&mut connection)
+                    .await
+                    .doing("store decision reports")
+            })
+        });
         Self {
             redis,
-            capacity: capacity.max(1),
+            capacity,
+            pushes: Batcher::start("store decision reports", commit),
         }
     }
 
     /// Stores a report and returns its id.
     pub async fn push(&self, report: &DecisionReport) -> Result<String, RedisError> {
-        let mut connection = self.redis.connection();
-        let id: u64 = redis::cmd("INCR")
-            .arg(self.redis.key("decisions:seq"))
-            .query_async(&mut connection)
-            .await
-            .doing("number a decision report")?;
-        let entry = Entry {
-            id: id.to_string(),
-            report: report.clone(),
-        };
-        let json = serde_json::to_string(&entry).unwrap_or_default();
-        let key = self.redis.key("decisions");
-        redis::pipe()
-            .atomic()
-            .cmd("LPUSH")
-            .arg(&key)
-            .arg(json)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(&key)
-            .arg(0)
-            .arg(self.capacity as i64 - 1)
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
-            .doing("store a decision report")?;
-        Ok(entry.id)
+        let json = serde_json::to_string(&Unnumbered { report }).unwrap_or_default();
+        Ok(self.pushes.submit(json).await?.to_string())
     }
 
     /// Every retained report with its id, newest first. Entries that no longer parse (written

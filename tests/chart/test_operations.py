@@ -166,6 +166,24 @@ def test_an_external_redis_comes_from_its_secret():
     assert "StatefulSet" not in kinds(documents)
 
 
+def test_a_redis_cluster_is_named_to_the_pods_and_needs_its_url():
+    documents = valid(chart.render({"replicaCount": 3, "redis": {
+        "urlSecret": {"name": "team-redis", "key": "url"}, "cluster": True}}))
+    env = {e["name"]: e for e in container(documents)["env"]}
+    assert env["DESKHOOK_REDIS_CLUSTER"]["value"] == "true"
+    single = valid(chart.render({"redis": {"urlSecret": {"name": "team-redis"}}}))
+    assert "DESKHOOK_REDIS_CLUSTER" not in {e["name"] for e in container(single)["env"]}
+    with pytest.raises(helm.HelmRenderError, match="the chart's own Redis is a single server"):
+        chart.render({"redis": {"enabled": True, "cluster": True}})
+
+
+def test_the_charts_redis_refuses_writes_past_its_memory_instead_of_being_killed():
+    documents = valid(chart.render({"redis": {"enabled": True}}))
+    redis = one(documents, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(redis["args"])
+    assert "--maxmemory 200mb --maxmemory-policy noeviction" in command
+
+
 def test_an_autoscaler_on_redis_uses_a_global_metric():
     documents = valid(chart.render({"redis": {"enabled": True}, "autoscaling": {
         "enabled": True, "customMetric": {"enabled": True}}}))

@@ -112,6 +112,9 @@ shared queue needs a Redis URL.
 {{- if and .Values.redis.enabled .Values.redis.urlSecret.name }}
 {{- fail "redis.enabled (the chart runs Redis) and redis.urlSecret.name (your Redis) are exclusive: choose one" }}
 {{- end }}
+{{- if and .Values.redis.cluster (not .Values.redis.urlSecret.name) }}
+{{- fail "redis.cluster says your Redis is a Redis Cluster: give its URL with redis.urlSecret.name (the chart's own Redis is a single server)" }}
+{{- end }}
 {{- if and (eq $backend "redis") (not $redis) }}
 {{- fail "the Redis queue backend needs a Redis: set redis.enabled=true (the chart runs one) or redis.urlSecret.name (a Secret holding your Redis URL)" }}
 {{- end }}

@@ -1,46 +1,47 @@
-//! Storing accepted events, in groups ([`super::batch`]): one script call stores every event
+//! Storing accepted events, in groups ([`crate::store::batch`]): one script call stores every event
 //! that arrived together and numbers each job itself, so an event costs no round trip of its
 //! own.
 
 use std::sync::Arc;
 
 use super::Keys;
-use super::batch::{Batcher, Commit};
-use crate::store::{Connection, Context, RedisError, now_ms};
+use crate::store::batch::{Batcher, Commit};
+use crate::store::{Connection, Context, RedisError};
 
-/// Stores a batch of events. Per event, from `ARGV[3]` on, four arguments: ticket, job (its
+/// Stores a batch of events. Per event, four arguments: ticket, job (its
 /// JSON without the id, which the script writes first), deduplication window (s) and
-/// capacity; and two keys from `KEYS[5]` on: its delivery's `seen` key and its ticket's
-/// `touched` key. Returns one code per event: 0 queued, 1 coalesced, 2 duplicate, 3 full.
+/// capacity; and its delivery's `seen` key from `KEYS[5]` on. Returns one code per event:
+/// 0 queued, 1 coalesced, 2 duplicate, 3 full.
+///
+/// Every Redis command in a script costs about as much as the script's whole per-event
+/// overhead, so the common path runs four: `SET NX` both checks and records a delivery,
+/// `HSET` says whether its ticket already had a job waiting, `SADD` and `XADD` queue the
+/// ticket; the waiting count and the job ids are read once per batch.
 const ACCEPT_BATCH: &str = r#"
 local codes = {}
-local count = (#ARGV - 2) / 4
+local count = #ARGV / 4
+local waiting = redis.call('HLEN', KEYS[1])
+local id = redis.call('INCRBY', KEYS[4], count) - count
 for i = 1, count do
-  local at = 2 + (i - 1) * 4
+  local at = (i - 1) * 4
   local ticket, job = ARGV[at + 1], ARGV[at + 2]
   local window, capacity = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
-  local seen, touched = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local seen = KEYS[4 + i]
+  id = id + 1
   local code
-  if window > 0 and redis.call('EXISTS', seen) == 1 then
+  if window > 0 and not redis.call('SET', seen, '1', 'EX', window, 'NX') then
     code = 2
+  elseif waiting >= capacity and redis.call('HEXISTS', KEYS[1], ticket) == 0 then
+    if window > 0 then redis.call('DEL', seen) end
+    code = 3
+  elseif redis.call('HSET', KEYS[1], ticket, '{"id":' .. id .. ',' .. string.sub(job, 2)) == 0 then
+    code = 1
   else
-    local waiting = redis.call('HEXISTS', KEYS[1], ticket) == 1
-    if not waiting and redis.call('HLEN', KEYS[1]) >= capacity then
-      code = 3
-    else
-      if window > 0 then redis.call('SET', seen, '1', 'EX', window) end
-      local id = redis.call('INCR', KEYS[4])
-      redis.call('HSET', KEYS[1], ticket, '{"id":' .. id .. ',' .. string.sub(job, 2))
-      redis.call('SET', touched, ARGV[1], 'EX', ARGV[2])
-      if waiting then
-        code = 1
-      else
-        if redis.call('SADD', KEYS[2], ticket) == 1 then
-          redis.call('XADD', KEYS[3], '*', 'ticket', ticket)
-        end
-        code = 0
-      end
+    waiting = waiting + 1
+    if redis.call('SADD', KEYS[2], ticket) == 1 then
+      redis.call('XADD', KEYS[3], '*', 'ticket', ticket)
     end
+    code = 0
   end
   codes[i] = code
 end
@@ -52,8 +53,6 @@ pub(super) struct Entry {
     pub ticket: String,
     /// Its delivery's deduplication key.
     pub seen: String,
-    /// Its ticket's last-change key, for reconciliation.
-    pub touched: String,
     /// The job's JSON, without its id.
     pub job: String,
     pub window_seconds: u64,
@@ -73,14 +72,12 @@ pub(super) enum Outcome {
 pub(super) type Accepts = Batcher<Entry, Outcome>;
 
 /// Starts the task storing accepted events.
-pub(super) fn start(connection: Connection, keys: Keys, touch_ttl_seconds: u64) -> Accepts {
+pub(super) fn start(connection: Connection, keys: Keys) -> Accepts {
     let script = Arc::new(redis::Script::new(ACCEPT_BATCH));
     let keys = Arc::new(keys);
     let commit: Commit<Entry, Outcome> = Arc::new(move |entries| {
         let (script, keys, mut connection) = (script.clone(), keys.clone(), connection.clone());
-        Box::pin(async move {
-            store(&script, &mut connection, &keys, touch_ttl_seconds, &entries).await
-        })
+        Box::pin(async move { store(&script, &mut connection, &keys, &entries).await })
     });
     Batcher::start("store events", commit)
 }
@@ -89,20 +86,16 @@ async fn store(
     script: &redis::Script,
     connection: &mut Connection,
     keys: &Keys,
-    touch_ttl_seconds: u64,
     entries: &[Entry],
 ) -> Result<Vec<Outcome>, RedisError> {
     let mut invocation = script.key(&keys.pending);
     invocation
         .key(&keys.queued)
         .key(&keys.stream)
-        .key(&keys.sequence)
-        .arg(now_ms())
-        .arg(touch_ttl_seconds);
+        .key(&keys.sequence);
     for entry in entries {
         invocation
             .key(&entry.seen)
-            .key(&entry.touched)
             .arg(&entry.ticket)
             .arg(&entry.job)
             .arg(entry.window_seconds)

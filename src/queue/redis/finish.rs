@@ -1,10 +1,10 @@
-//! Ending runs, in groups ([`super::batch`]): the acknowledgements of jobs that finish
+//! Ending runs, in groups ([`crate::store::batch`]): the acknowledgements of jobs that finish
 //! together share one script call.
 
 use std::sync::Arc;
 
-use super::batch::{Batcher, Commit};
 use super::{GROUP, Keys};
+use crate::store::batch::{Batcher, Commit};
 use crate::store::{Connection, Context, RedisError, now_ms};
 
 /// Ends runs, each only by its entry's owner: optionally dead-letters the job first; puts

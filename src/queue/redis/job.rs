@@ -35,6 +35,14 @@ fn is_unnumbered(id: &u64) -> bool {
     *id == 0
 }
 
+/// A deduplication key in hexadecimal, written through a table (one per accept, twice).
+pub(super) fn key_hex(key: &DedupeKey) -> String {
+    let mut text = [0u8; 2 * size_of::<DedupeKey>()];
+    // The buffer is exactly twice the key's length, so the encoding cannot fail.
+    let _ = hex::encode_to_slice(key, &mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 impl StoredJob {
     /// The job of `event`, keeping of its payload only the members in `payload_fields`
     /// (all of it when `None`).
@@ -49,7 +57,7 @@ impl StoredJob {
                 Some(fields) => event.payload.keeping(fields),
                 None => event.payload.clone(),
             },
-            dedupe_key: hex::encode(event.dedupe_key),
+            dedupe_key: key_hex(&event.dedupe_key),
             enqueued_at_ms: now_ms(),
         }
     }

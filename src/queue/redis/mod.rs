@@ -1,6 +1,7 @@
 //! The Redis queue: one stream shared by every pod, each pod a consumer of one group.
 //!
-//! Keys (all under the configured prefix):
+//! Keys (all named `{prefix}:…`: the prefix is their hash tag, so every script's keys share
+//! one slot, as Redis Cluster requires):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -11,6 +12,8 @@
 //! | `dead` | stream | jobs that failed for good, with their last error |
 //! | `seen:<hash>` | string with TTL | deliveries accepted within the deduplication window |
 //! | `holds` | hash | ticket → lease expiry (epoch ms) of a manual run holding it |
+//! | `job-seq` | counter | the last job id given |
+//! | `ticket:<id>` | string with TTL | when a run of the ticket last finished, for reconciliation |
 //!
 //! Per-ticket exclusion across pods: a ticket has at most one live stream entry (the `queued`
 //! set says which), and that entry stays in the group's pending-entries list, owned by the
@@ -30,6 +33,11 @@
 //! two commands never leaves a ticket half-moved. `accept` returns only after Redis has
 //! answered the script; whether that write survives a Redis crash depends on Redis's own
 //! persistence (`appendonly yes`, `appendfsync always` for no loss at all).
+//!
+//! Under load the round trips are shared: the accepts that arrive together are stored by one
+//! script call (`accept`, a group commit), the runs that end together are ended by one
+//! (`finish`), and one read takes as many entries as the pod has workers, bound by one call.
+//! A queued job keeps only the payload members the workflow reads (`job`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,7 +51,6 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 mod accept;
-mod batch;
 mod finish;
 mod job;
 mod legacy;
@@ -124,25 +131,29 @@ impl Keys {
     }
 
     fn seen(&self, dedupe_key: &DedupeKey) -> String {
-        self.redis.key(&format!("seen:{}", hex::encode(dedupe_key)))
+        let mut key = self.redis.key("seen:");
+        key.push_str(&job::key_hex(dedupe_key));
+        key
     }
 
-    /// When the ticket last had an event accepted or a run finished (epoch ms).
+    /// When a run of the ticket last finished (epoch ms), for reconciliation.
     pub fn touched(&self, ticket: &str) -> String {
         self.redis.key(&format!("ticket:{ticket}"))
     }
 }
 
 /// Binds the jobs of delivered stream entries to them: for each entry (pairs of entry and
-/// ticket from `ARGV[2]` on), the job already bound (a takeover, whose attempt is counted when
-/// `ARGV[1]` is 1) or the ticket's waiting job. Returns per entry {job, attempt}, or 0 when
+/// ticket from `ARGV[2]` on), the job already bound (when `ARGV[1]` is 1: a takeover, whose
+/// attempt is counted) or the ticket's waiting job. Returns per entry {job, attempt}, or 0 when
 /// there is no job.
 const TAKE_BATCH: &str = r#"
 local bound = {}
+local takeover = ARGV[1] == '1'
 for i = 2, #ARGV, 2 do
   local entry, ticket = ARGV[i], ARGV[i + 1]
   local attempts = entry .. ':attempts'
-  local job = redis.call('HGET', KEYS[2], entry)
+  -- Only an entry taken over can have a job bound already.
+  local job = takeover and redis.call('HGET', KEYS[2], entry)
   if job then
     local attempt = redis.call('HINCRBY', KEYS[2], attempts, tonumber(ARGV[1]))
     table.insert(bound, {job, attempt})
@@ -349,7 +360,7 @@ impl RedisQueue {
             QueueMetrics::register(metrics).map_err(|_| RedisSetupError::Connection)?;
         let keys = Keys::new(redis);
         let queue = Arc::new(Self {
-            accepts: accept::start(redis.connection(), keys.clone(), TOUCH_TTL_SECONDS),
+            accepts: accept::start(redis.connection(), keys.clone()),
             finishes: finish::start(
                 redis.connection(),
                 keys.clone(),
@@ -843,7 +854,6 @@ impl Queue for RedisQueue {
         }
         let entry = Entry {
             seen: self.keys.seen(&event.dedupe_key),
-            touched: self.keys.touched(&event.ticket_id),
             job: StoredJob::unnumbered(&event, self.options.payload_fields),
             ticket: event.ticket_id,
             window_seconds: policy.dedupe_window.as_secs(),

@@ -24,6 +24,8 @@
 //! The Redis URL may carry a password, so it is a [`Secret`] and never appears in a log line
 //! or an error; errors name the action that failed and Redis's error kind only.
 
+pub(crate) mod batch;
+
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -69,6 +71,7 @@ impl RedisError {
                  prefix's hash tag"
             }
             "CLUSTERDOWN" => "the Redis Cluster is down (CLUSTERDOWN): not every slot is served",
+            "OOM" => "Redis is full (OOM: used memory is past its maxmemory)",
             _ => "Redis is unreachable",
         }
     }
@@ -311,4 +314,57 @@ pub fn unique_token() -> String {
     hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
     hasher.write_u64(now_ms());
     format!("{:x}-{:016x}", std::process::id(), hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cluster_scheme_names_a_cluster_and_its_plain_url() {
+        assert_eq!(
+            cluster_url("redis+cluster://:pw@10.0.0.1:7000/").as_deref(),
+            Some("redis://:pw@10.0.0.1:7000/")
+        );
+        assert_eq!(
+            cluster_url("REDISS+CLUSTER://redis.example:6380").as_deref(),
+            Some("rediss://redis.example:6380")
+        );
+        assert_eq!(cluster_url("redis://10.0.0.1:6379/0"), None);
+        let url = |text: &str| Secret::new(text.to_owned());
+        let single = Redis::connect(&url("redis://127.0.0.1:1/"), "p").unwrap();
+        assert_eq!(single.topology(), Topology::Standalone);
+        let cluster = Redis::connect(&url("redis+cluster://127.0.0.1:1/"), "p").unwrap();
+        assert_eq!(cluster.topology(), Topology::Cluster);
+        let forced = Redis::connect_to(&url("redis://127.0.0.1:1/"), "p", Topology::Cluster);
+        assert_eq!(forced.unwrap().topology(), Topology::Cluster);
+        assert!(matches!(
+            Redis::connect(&url("http://127.0.0.1:1/"), "p"),
+            Err(RedisSetupError::InvalidUrl)
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_key_shares_the_prefix_as_its_hash_tag() {
+        let redis =
+            Redis::connect(&Secret::new("redis://127.0.0.1:1/".to_owned()), "team.a").unwrap();
+        assert_eq!(redis.key("seen:ab"), "{team.a}:seen:ab");
+        assert_eq!(redis.legacy_key("pending"), "team.a:pending");
+    }
+
+    #[test]
+    fn a_clusters_answers_are_told_apart_from_an_outage() {
+        let error = |kind: &str| RedisError {
+            action: "store events",
+            kind: kind.to_owned(),
+        };
+        assert!(
+            error("MOVED")
+                .diagnosis()
+                .contains("DESKHOOK_REDIS_CLUSTER")
+        );
+        assert!(error("CROSSSLOT").diagnosis().contains("CROSSSLOT"));
+        assert!(error("OOM").diagnosis().contains("maxmemory"));
+        assert_eq!(error("connection").diagnosis(), "Redis is unreachable");
+    }
 }

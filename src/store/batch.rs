@@ -14,20 +14,20 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::store::RedisError;
 
 /// Requests committed by one script call at most.
-pub(super) const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 /// Batches sent before the first is answered: one being committed while the next one fills.
 const IN_FLIGHT: usize = 2;
 /// Requests handed over and not yet taken into a batch; past it a caller waits its turn.
 const WAITING: usize = 4096;
 
 /// Commits one batch: one outcome per request, in order.
-pub(super) type Commit<I, O> =
+pub(crate) type Commit<I, O> =
     Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Result<Vec<O>, RedisError>> + Send + Sync>;
 
 type Answer<O> = oneshot::Sender<Result<O, RedisError>>;
 
 /// The handle callers submit their requests through.
-pub(super) struct Batcher<I, O> {
+pub(crate) struct Batcher<I, O> {
     sender: mpsc::Sender<(I, Answer<O>)>,
     action: &'static str,
 }
