@@ -1,5 +1,5 @@
 # The commands the README shows. `make test` is also what CI runs.
-.PHONY: test run fmt lint chart-check manifests values-schema fuzz-check fuzz bench
+.PHONY: test test-redis-cluster run fmt lint chart-check manifests values-schema fuzz-check fuzz bench
 
 # The chart checks need the Python packages of tests/chart/requirements.txt and promtool.
 PYTHON ?= python3
@@ -11,9 +11,21 @@ test:
 	else \
 		cargo test --all-targets; \
 	fi
+	$(MAKE) test-redis-cluster
 	cargo test --doc
 	$(MAKE) fuzz-check
 	$(MAKE) chart-check
+
+# The tests that use Redis once more, against a Redis Cluster of three masters on local ports
+# (created with redis-cli --cluster create) instead of one redis-server.
+test-redis-cluster:
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		DESKHOOK_TEST_REDIS=cluster cargo nextest run --test redis_queue --test backtest \
+			-E 'binary(redis_queue) | test(/redis/)'; \
+	else \
+		DESKHOOK_TEST_REDIS=cluster cargo test --test redis_queue && \
+		DESKHOOK_TEST_REDIS=cluster cargo test --test backtest redis; \
+	fi
 
 run:
 	ZOHO_WEBHOOK_SECRET=dev cargo run --release -- serve --config examples/local.yaml --metrics-listen 127.0.0.1:9090 --console-open

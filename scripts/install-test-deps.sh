@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs beyond the Rust toolchain, when it is missing: Debian packages
 # (Prometheus and its promtool for the alert rules and the live alert test, redis-server for the
-# Redis queue tests and the chart's pods, Chromium and its WebDriver for the console's browser
-# test, kubectl for the `kubectl edit` of the Kubernetes test, g++ for the libFuzzer runtime the
-# fuzz targets build,
-# openssl as the independent HMAC of the `sign` test) and the chart checks' pinned Python
-# packages (Helm's engine, Kubernetes schemas, pytest). Quick when everything is there.
+# Redis queue tests and the chart's pods, redis-cli to create the tests' Redis Cluster, Chromium
+# and its WebDriver for the console's browser test, kubectl for the `kubectl edit` of the
+# Kubernetes test, g++ for the libFuzzer runtime the fuzz targets build, openssl as the
+# independent HMAC of the `sign` test) and the chart checks' pinned Python packages (Helm's
+# engine, Kubernetes schemas, pytest). Quick when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A package_of=(
     [make]=make [openssl]=openssl [prometheus]=prometheus [promtool]=prometheus [g++]=g++
-    [redis-server]=redis-server [chromium]=chromium [chromedriver]=chromium-driver
+    [redis-server]=redis-server [redis-cli]=redis-tools [chromium]=chromium [chromedriver]=chromium-driver
     [kubectl]=kubernetes-client
 )
 missing=()
