@@ -1260,3 +1260,50 @@ async fn the_upkeep_trims_acknowledged_entries_and_keeps_unread_ones() {
         .unwrap();
     assert_eq!(job.event.ticket_id, "501");
 }
+
+#[tokio::test]
+async fn a_cluster_reached_without_the_cluster_setting_says_so_instead_of_unreachable() {
+    let Some(redis) = RedisServer::start(
+        "a_cluster_reached_without_the_cluster_setting_says_so_instead_of_unreachable",
+    ) else {
+        return;
+    };
+    if !redis.is_cluster() {
+        println!("SKIP runs against the Redis Cluster (make test-redis-cluster)");
+        return;
+    }
+    let (fake, ids) = fake_with_tickets(1).await;
+    let dir = TempDir::new("redis-moved");
+    let config = config(&dir, read_only(), json!({}));
+    let mut command = pod(&config, &fake, &redis, "pod-a");
+    // A plain URL to a node that does not serve the deployment's slot.
+    command.env(
+        "DESKHOOK_REDIS_URL",
+        redis.url_of_node_not_holding("{deskhook}:pending"),
+    );
+    let pod = Deskhook::start(command).await;
+    let reply = pod.deliver_signed(SECRET, &delivery(&ids[0])).await;
+    assert_eq!(
+        reply.status, 503,
+        "an event the cluster refused is not acknowledged"
+    );
+    let logged = pod
+        .output
+        .wait_for("the MOVED diagnosis", |event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Redis answered MOVED"))
+        })
+        .await;
+    assert!(
+        logged["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("DESKHOOK_REDIS_CLUSTER")),
+        "{logged}"
+    );
+    assert!(
+        pod.output
+            .events_with("Redis is unreachable: deliveries get 503")
+            .is_empty()
+    );
+}

@@ -67,6 +67,16 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}/", self.nodes[0].port)
     }
 
+    /// A plain `redis://` URL of a node that does not hold `key`: it answers `MOVED` for it.
+    pub fn url_of_node_not_holding(&self, key: &str) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|node| !node.holds(key))
+            .unwrap_or_else(|| panic!("every Redis node holds the slot of {key}"));
+        node.url()
+    }
+
     /// A plain `redis://` URL of the node that holds `key`, for a test that reads deskhook's
     /// keys with an ordinary client: in a cluster the other nodes answer `MOVED`.
     pub fn url_of_node_holding(&self, key: &str) -> String {

@@ -40,7 +40,7 @@
 //! A queued job keeps only the payload members the workflow reads (`job`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,11 @@ use super::{AcceptPolicy, Accepted, Job, Queue, QueueError};
 use crate::event::{DedupeKey, TicketEvent};
 use crate::metrics::Metrics;
 use crate::store::{Connection, Context, Redis, RedisError, RedisSetupError, Topology, now_ms};
+
+/// [`RedisQueue::health`]: no command ran yet, the last one succeeded, the last one failed.
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 /// The consumer group every pod belongs to.
 const GROUP: &str = "workers";
@@ -362,7 +367,8 @@ pub struct RedisQueue {
     local: Mutex<VecDeque<Job>>,
     wake: Notify,
     closed: AtomicBool,
-    healthy: AtomicBool,
+    /// Whether the last Redis command succeeded ([`UP`]), failed ([`DOWN`]), or none ran yet.
+    health: AtomicU8,
     depth: AtomicUsize,
     group_ready: AtomicBool,
     /// The previous version's keys, on a single Redis (a cluster never held them).
@@ -401,7 +407,7 @@ impl RedisQueue {
             local: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
-            healthy: AtomicBool::new(false),
+            health: AtomicU8::new(UNKNOWN),
             depth: AtomicUsize::new(0),
             group_ready: AtomicBool::new(false),
             legacy: (redis.topology() == Topology::Standalone).then(|| Legacy::new(redis)),
@@ -417,9 +423,14 @@ impl RedisQueue {
     /// Records whether Redis answered, for readiness and the `queue_redis_up` gauge.
     fn observe<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
         let up = result.is_ok();
-        if self.healthy.swap(up, Ordering::AcqRel) != up {
+        let previous = self
+            .health
+            .swap(if up { UP } else { DOWN }, Ordering::AcqRel);
+        if previous != if up { UP } else { DOWN } {
             if up {
-                tracing::info!("Redis is reachable again");
+                if previous == DOWN {
+                    tracing::info!("Redis is reachable again");
+                }
             } else if let Err(error) = &result {
                 tracing::error!(
                     error = %error,
@@ -1035,7 +1046,7 @@ impl Queue for RedisQueue {
     }
 
     fn is_accepting(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.healthy.load(Ordering::Acquire)
+        !self.closed.load(Ordering::Acquire) && self.health.load(Ordering::Acquire) == UP
     }
 
     fn close(&self) {
