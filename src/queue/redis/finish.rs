@@ -29,13 +29,15 @@ for i = 1, count do
     if dead == '1' then
       local job = redis.call('HGET', KEYS[3], entry) or ''
       local attempts = redis.call('HGET', KEYS[3], entry .. ':attempts') or '0'
+      local id = redis.call('HGET', KEYS[3], entry .. ':id') or '0'
       local before = redis.call('XLEN', KEYS[5])
       redis.call('XADD', KEYS[5], 'MAXLEN', ARGV[5], '*', 'ticket', ticket, 'job', job,
-        'attempts', attempts, 'error', error, 'failed_at', ARGV[3], 'consumer', ARGV[2])
+        'job_id', id, 'attempts', attempts, 'error', error, 'failed_at', ARGV[3],
+        'consumer', ARGV[2])
       trimmed = before + 1 - redis.call('XLEN', KEYS[5])
     end
     redis.call('XACK', KEYS[1], ARGV[1], entry)
-    redis.call('HDEL', KEYS[3], entry, entry .. ':attempts')
+    redis.call('HDEL', KEYS[3], entry, entry .. ':attempts', entry .. ':id')
     redis.call('SET', KEYS[5 + i], ARGV[3], 'EX', ARGV[4])
     if redis.call('HEXISTS', KEYS[2], ticket) == 1 then
       redis.call('XADD', KEYS[1], '*', 'ticket', ticket)

@@ -2,8 +2,9 @@
 //!
 //! A waiting job is most of the Redis memory a bulk update costs, so it keeps only the
 //! payload members the workflow reads (the rest of a ticket, its long description first,
-//! stays out), and it is stored without its id: the accept script numbers it, so a delivery
-//! costs one round trip.
+//! stays out). It is stored without its id: the job gets one when a worker takes it, kept
+//! beside it in `running` (a replayed job carries its own), so that accepting it neither
+//! costs a round trip of its own nor makes Redis rewrite it.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ use crate::store::now_ms;
 /// A job as stored in Redis.
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredJob {
-    /// 0 until the accept script numbers it (and then first, where the script writes it).
+    /// 0 in a waiting job: it is numbered when a worker takes it. A replayed job, and one
+    /// queued by an earlier version, carry theirs.
     #[serde(default, skip_serializing_if = "is_unnumbered")]
     pub id: u64,
     pub ticket_id: String,
@@ -62,7 +64,7 @@ impl StoredJob {
         }
     }
 
-    /// The JSON text the accept script stores once it has prefixed the job's id.
+    /// The JSON text the accept script stores.
     pub fn unnumbered(event: &TicketEvent, payload_fields: Option<&[&str]>) -> String {
         let job = Self::new(0, event, payload_fields);
         // Only strings and numbers: serialising cannot fail.
@@ -121,11 +123,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unnumbered_job_reads_back_once_the_script_prefixes_its_id() {
+    fn an_unnumbered_job_reads_back_with_or_without_a_prefixed_id() {
         let event = TicketEvent::new("7".into(), "Ticket_Add".into(), None, None, json!({}));
         let text = StoredJob::unnumbered(&event, EVERYTHING);
         assert!(text.starts_with(r#"{"ticket_id":"7""#), "{text}");
-        // What the accept script does: `{"id":<n>,` then the text after its `{`.
+        assert_eq!(serde_json::from_str::<StoredJob>(&text).unwrap().id, 0);
+        // What a replay does for a dead letter: `{"id":<n>,` then the text after its `{`.
         let numbered = format!(r#"{{"id":9,{}"#, &text[1..]);
         let job = serde_json::from_str::<StoredJob>(&numbered).unwrap();
         assert_eq!(job.id, 9);

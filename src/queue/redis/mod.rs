@@ -149,25 +149,27 @@ impl Keys {
 
 /// Binds the jobs of delivered stream entries to them: for each entry (pairs of entry and
 /// ticket from `ARGV[2]` on), the job already bound (when `ARGV[1]` is 1: a takeover, whose
-/// attempt is counted) or the ticket's waiting job. Returns per entry {job, attempt}, or 0 when
-/// there is no job.
+/// attempt is counted) or the ticket's waiting job, which gets its id here. Returns per entry
+/// {job, attempt, id}, or 0 when there is no job. The id is stored beside the job, not in
+/// it: a job is kilobytes, and splicing it in Lua cost more than the rest of an accept.
 const TAKE_BATCH: &str = r#"
 local bound = {}
 local takeover = ARGV[1] == '1'
 for i = 2, #ARGV, 2 do
   local entry, ticket = ARGV[i], ARGV[i + 1]
-  local attempts = entry .. ':attempts'
+  local attempts, id = entry .. ':attempts', entry .. ':id'
   -- Only an entry taken over can have a job bound already.
   local job = takeover and redis.call('HGET', KEYS[2], entry)
   if job then
     local attempt = redis.call('HINCRBY', KEYS[2], attempts, tonumber(ARGV[1]))
-    table.insert(bound, {job, attempt})
+    table.insert(bound, {job, attempt, redis.call('HGET', KEYS[2], id) or 0})
   else
     job = redis.call('HGET', KEYS[1], ticket)
     if job then
+      local number = redis.call('INCR', KEYS[3])
       redis.call('HDEL', KEYS[1], ticket)
-      redis.call('HSET', KEYS[2], entry, job, attempts, 1)
-      table.insert(bound, {job, 1})
+      redis.call('HSET', KEYS[2], entry, job, attempts, 1, id, number)
+      table.insert(bound, {job, 1, number})
     else
       table.insert(bound, 0)
     end
@@ -224,13 +226,18 @@ const REPLAY: &str = r#"
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return 'missing' end
 local fields = found[1][2]
-local ticket, job
+local ticket, job, id
 for i = 1, #fields, 2 do
   if fields[i] == 'ticket' then ticket = fields[i + 1] end
   if fields[i] == 'job' then job = fields[i + 1] end
+  if fields[i] == 'job_id' then id = fields[i + 1] end
 end
 redis.call('XDEL', KEYS[1], ARGV[1])
 if not ticket or not job or job == '' then return 'unreadable' end
+-- The job keeps its id, so the steps it already did are not repeated.
+if id and id ~= '0' and string.sub(job, 1, 6) ~= '{"id":' then
+  job = '{"id":' .. id .. ',' .. string.sub(job, 2)
+end
 if redis.call('HEXISTS', KEYS[2], ticket) == 1 then return 'coalesced' end
 redis.call('HSET', KEYS[2], ticket, job)
 if redis.call('SADD', KEYS[3], ticket) == 1 then
@@ -620,6 +627,7 @@ impl RedisQueue {
         let mut invocation = self.scripts.take.key(&self.keys.pending);
         invocation
             .key(&self.keys.running)
+            .key(&self.keys.sequence)
             .arg(u32::from(taken_over));
         for (entry, ticket) in entries {
             invocation.arg(entry).arg(ticket);
@@ -644,14 +652,14 @@ impl RedisQueue {
         bound: Value,
         taken_over: bool,
     ) -> Option<Job> {
-        let bound: Option<(String, u32)> = redis::from_redis_value(bound).ok();
-        let Some((stored, attempt)) = bound else {
+        let bound: Option<(String, u32, u64)> = redis::from_redis_value(bound).ok();
+        let Some((stored, attempt, id)) = bound else {
             tracing::warn!(entry, "stream entry without a job; releasing its ticket");
             let finished = self.finish_entry(entry, ticket, None).await;
             let _ = self.observe(finished);
             return None;
         };
-        let stored: StoredJob = match serde_json::from_str(&stored) {
+        let mut stored: StoredJob = match serde_json::from_str(&stored) {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::error!(entry, error = %error, "unreadable job; dead-lettering it");
@@ -661,6 +669,10 @@ impl RedisQueue {
                 return None;
             }
         };
+        // A job that carries its id (replayed, or queued by the previous version) keeps it.
+        if stored.id == 0 {
+            stored.id = id;
+        }
         let job = stored.into_job(attempt);
         self.hold(&job, entry);
         if taken_over && attempt > self.options.max_attempts {
@@ -1253,7 +1265,12 @@ impl QueueAdmin {
                     id,
                     ticket_id: fields.get("ticket").cloned().unwrap_or_default(),
                     event_type: job.as_ref().map(|j| j.event_type.clone()),
-                    job_id: job.as_ref().map(|j| j.id),
+                    // Numbered beside the job since it is stored without its id.
+                    job_id: job
+                        .as_ref()
+                        .map(|j| j.id)
+                        .filter(|id| *id != 0)
+                        .or_else(|| number("job_id")),
                     attempts: number("attempts").unwrap_or(0),
                     error: fields.get("error").cloned().unwrap_or_default(),
                     failed_at_ms: number("failed_at").unwrap_or(0),
