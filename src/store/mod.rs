@@ -66,9 +66,11 @@ impl RedisError {
                 "Redis answered MOVED: it is a Redis Cluster; connect cluster-aware \
                  (DESKHOOK_REDIS_CLUSTER=true or a redis+cluster:// URL)"
             }
+            // deskhook's own keys share one slot: only a cluster reached as a single server
+            // sees them spread (the upgrade's rename of the old key names).
             "CROSSSLOT" => {
-                "Redis refused keys of different slots (CROSSSLOT): every key must share the \
-                 prefix's hash tag"
+                "Redis refused keys of different slots (CROSSSLOT): it is a Redis Cluster; \
+                 connect cluster-aware (DESKHOOK_REDIS_CLUSTER=true or a redis+cluster:// URL)"
             }
             "CLUSTERDOWN" => "the Redis Cluster is down (CLUSTERDOWN): not every slot is served",
             "OOM" => "Redis is full (OOM: used memory is past its maxmemory)",
