@@ -286,6 +286,12 @@ async fn a_killed_process_loses_no_job_and_repeats_no_write() {
         fake.calls_to("move_ticket").len() >= 4
     })
     .await;
+    // A read takes as many entries as a pod has workers: the kill must find pod-a holding
+    // some (each job takes several 150 ms calls, so those it holds now are still running).
+    until_async("pod-a holding jobs", || async {
+        held_by(&redis, "pod-a").await > 0
+    })
+    .await;
     a.kill().await;
 
     // Moved is read from the ticket: a move the killed pod sent may have taken effect with
@@ -913,6 +919,24 @@ fn queue_of(redis: &RedisServer, consumer: &str) -> std::sync::Arc<deskhook::que
     };
     let metrics = deskhook::metrics::Metrics::new();
     deskhook::queue::RedisQueue::start(&shared, options, &metrics).expect("the queue starts")
+}
+
+/// Stream entries `consumer` holds: jobs it runs or has read and not yet acknowledged.
+async fn held_by(redis: &RedisServer, consumer: &str) -> usize {
+    let key = "{deskhook}:stream";
+    let client = redis::Client::open(redis.url_of_node_holding(key)).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let held: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg("workers")
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(consumer)
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_default();
+    held.len()
 }
 
 /// Entries on the shared stream: tickets with a job that may be claimed.
