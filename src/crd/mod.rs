@@ -383,9 +383,9 @@ pub struct RedisQueueSpec {
     #[schemars(range(min = 1, max = 50))]
     pub max_attempts: u32,
     /// Tickets with an event waiting in Redis, at most; past it a delivery gets 503. A waiting
-    /// job takes about 600 bytes of Redis memory (its entry, its ticket's marks and the
-    /// delivery's deduplication key), so the default 250,000 (two and a half times a
-    /// 100,000-ticket bulk update) means up to about 150 MiB.
+    /// job takes about 700 bytes of Redis memory connected to Zoho (its entry, its ticket in
+    /// the queue's set, the delivery's deduplication key), so the default 250,000 (two and a
+    /// half times a 100,000-ticket bulk update) means up to about 170 MiB.
     #[serde(default = "default_redis_capacity")]
     #[schemars(range(min = 1, max = 50_000_000))]
     pub capacity: u32,
