@@ -84,10 +84,15 @@ def pod(deskhook_bin, tmp_path, request, external_secrets):
 
 @pytest.mark.parametrize("pod", RUNNABLE, indirect=True)
 def test_pod_serves_its_probes_and_the_webhook_path(pod):
-    for probe in ("livenessProbe", "readinessProbe"):
-        http = pod.container[probe]["httpGet"]
-        status, _ = pod.get(http["port"], http["path"])
-        assert status == 200, f"{probe} {http} answered {status}"
+    http = pod.container["livenessProbe"]["httpGet"]
+    status, _ = pod.get(http["port"], http["path"])
+    assert status == 200, f"livenessProbe {http} answered {status}"
+    # Ready once its Redis has answered (the upkeep's first round), polled as a kubelet does.
+    http = pod.container["readinessProbe"]["httpGet"]
+    deadline = time.monotonic() + 10
+    while (status := pod.get(http["port"], http["path"])[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200, f"readinessProbe {http} answered {status}"
     ingress = one(chart.render(chart.load_values("ingress-cert-manager")), "Ingress")
     for path in ingress["spec"]["rules"][0]["http"]["paths"]:
         port = path["backend"]["service"]["port"]["name"]

@@ -50,7 +50,7 @@ VALUES: dict[str, Any] = {
         "zoho": {"region": "com", "orgId": "700000001"},
         # One worker and a queue of 5: a slow Zoho fills it within a few deliveries. One
         # attempt: a failed job is dead-lettered at once.
-        "queue": {"capacity": 5, "workers": 1, "redis": {"maxAttempts": 1}},
+        "queue": {"capacity": 5, "workers": 1, "redis": {"maxAttempts": 1, "capacity": 5}},
     }},
     "monitoringCapabilityCheck": False,
     "prometheusRule": {
