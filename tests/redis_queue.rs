@@ -292,35 +292,7 @@ async fn a_killed_process_loses_no_job_and_repeats_no_write() {
     assert!(held_by(&redis, "pod-a").await > 0, "pod-a holds jobs");
     a.kill().await;
 
-    // Moved is read from the ticket: a move the killed pod sent may have taken effect with
-    // its answer lost, and the job that sent it must still link the ticket it moved.
-    let unfinished = || {
-        let linked = per_ticket(&fake, "update_ticket");
-        ids.iter()
-            .filter(|id| {
-                let moved = fake.ticket(id).is_some_and(|t| t["departmentId"] == "4");
-                !(moved && linked.contains_key(*id))
-            })
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    if !drained(|| unfinished().is_empty()).await {
-        let stats = queue_cli(&redis, &["stats"]).await;
-        panic!(
-            "timed out waiting for every ticket moved and linked: {:?} are not; queue {stats}\n\
-             the surviving pod's log:\n{}",
-            unfinished(),
-            b.output.text()
-        );
-    }
-    until_idle(&redis).await;
-    for op in ["move_ticket", "update_ticket"] {
-        let repeated: Vec<_> = per_ticket(&fake, op)
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .collect();
-        assert!(repeated.is_empty(), "{op} repeated: {repeated:?}");
-    }
+    every_ticket_moved_and_linked_once(&fake, &redis, &ids, &b).await;
     assert!(
         !b.output
             .events_with("took over a job its pod stopped renewing")
@@ -570,33 +542,45 @@ async fn a_pod_killed_amid_a_burst_of_group_commits_loses_no_acknowledged_delive
     // The killed pod's Zoho call slots free themselves only when their leases expire: the
     // second pod's first calls may wait that long.
     let b = Deskhook::start(pod(&config, &fake, &redis, "pod-b")).await;
-    // Moved is read from the ticket: a move the killed pod sent may have taken effect with
-    // its answer lost, and the job that sent it must still link the ticket it moved.
+    // Every delivery that reached Redis runs, acknowledged or not; none writes twice.
+    let acknowledged: Vec<String> = acknowledged.into_iter().cloned().collect();
+    every_ticket_moved_and_linked_once(&fake, &redis, &acknowledged, &b).await;
+}
+
+/// Waits until each of `tickets` is moved to "Refus CMA" and linked, then checks that no
+/// move or link was sent twice for any ticket. Moved is read from the ticket: a move a killed
+/// pod sent may have taken effect with its answer lost, and the job that sent it must still
+/// link the ticket it moved.
+async fn every_ticket_moved_and_linked_once(
+    fake: &FakeZoho,
+    redis: &RedisServer,
+    tickets: &[String],
+    survivor: &Deskhook,
+) {
     let unfinished = || {
-        let linked = per_ticket(&fake, "update_ticket");
-        acknowledged
+        let linked = per_ticket(fake, "update_ticket");
+        tickets
             .iter()
             .filter(|id| {
                 let moved = fake.ticket(id).is_some_and(|t| t["departmentId"] == "4");
-                !(moved && linked.contains_key(**id))
+                !(moved && linked.contains_key(*id))
             })
-            .map(|id| (*id).clone())
+            .cloned()
             .collect::<Vec<_>>()
     };
     if !drained(|| unfinished().is_empty()).await {
-        let stats = queue_cli(&redis, &["stats"]).await;
+        let stats = queue_cli(redis, &["stats"]).await;
         panic!(
-            "timed out waiting for every acknowledged ticket moved and linked: {} are not \
-             (first {:?}); queue {stats}\nthe second pod's log:\n{}",
+            "timed out waiting for every ticket moved and linked: {} are not (first {:?}); \
+             queue {stats}\nthe surviving pod's log:\n{}",
             unfinished().len(),
             unfinished().first(),
-            b.output.text()
+            survivor.output.text()
         );
     }
-    // Every delivery that reached Redis runs, acknowledged or not; none writes twice.
-    until_idle(&redis).await;
+    until_idle(redis).await;
     for op in ["move_ticket", "update_ticket"] {
-        let repeated: Vec<_> = per_ticket(&fake, op)
+        let repeated: Vec<_> = per_ticket(fake, op)
             .into_iter()
             .filter(|(_, n)| *n > 1)
             .collect();

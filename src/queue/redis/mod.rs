@@ -1102,15 +1102,19 @@ fn entry_list(value: &Value) -> Vec<(String, String)> {
     entries
         .iter()
         .filter_map(|entry| {
-            let Value::Array(parts) = entry else {
-                return None;
-            };
-            let id = text(parts.first()?)?;
-            let fields = field_pairs(parts.get(1)?);
+            let (id, fields) = entry_fields(entry)?;
             let ticket = fields.get("ticket")?.clone();
             Some((id, ticket))
         })
         .collect()
+}
+
+/// `[id, [field, value, …]]`, one stream entry, as its id and fields; `None` for a deleted one.
+fn entry_fields(entry: &Value) -> Option<(String, HashMap<String, String>)> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    Some((text(parts.first()?)?, field_pairs(parts.get(1)?)))
 }
 
 fn field_pairs(value: &Value) -> HashMap<String, String> {
@@ -1253,11 +1257,7 @@ impl QueueAdmin {
         Ok(entries
             .iter()
             .filter_map(|entry| {
-                let Value::Array(parts) = entry else {
-                    return None;
-                };
-                let id = text(parts.first()?)?;
-                let fields = field_pairs(parts.get(1)?);
+                let (id, fields) = entry_fields(entry)?;
                 let job: Option<StoredJob> =
                     fields.get("job").and_then(|j| serde_json::from_str(j).ok());
                 let number = |name: &str| fields.get(name).and_then(|v| v.parse().ok());
