@@ -21,21 +21,24 @@ const OTHERS: [&str; 4] = ["dead", "job-seq", "decisions", "decisions:seq"];
 
 /// Renames old keys (odd `KEYS`) to their new names (the next key): the first `ARGV[1]`
 /// pairs only if none of their new names is taken, the others each where its new name is free.
+/// Returns {renamed, old keys found}.
 const RENAME: &str = r#"
 local together = tonumber(ARGV[1]) * 2
 local free = true
 for i = 2, together, 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then free = false end
 end
-local renamed = 0
+local renamed, found = 0, 0
 for i = 1, #KEYS, 2 do
-  if (i > together or free) and redis.call('EXISTS', KEYS[i]) == 1
-      and redis.call('EXISTS', KEYS[i + 1]) == 0 then
-    redis.call('RENAME', KEYS[i], KEYS[i + 1])
-    renamed = renamed + 1
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    found = found + 1
+    if (i > together or free) and redis.call('EXISTS', KEYS[i + 1]) == 0 then
+      redis.call('RENAME', KEYS[i], KEYS[i + 1])
+      renamed = renamed + 1
+    end
   end
 end
-return renamed
+return {renamed, found}
 "#;
 
 /// Ends the old stream's entries idle for `ARGV[2]` ms (their pod stopped) and puts their
@@ -104,10 +107,15 @@ pub(super) async fn rename(redis: &Redis) -> Result<usize, RedisError> {
     for name in QUEUE.into_iter().chain(OTHERS) {
         invocation.key(redis.legacy_key(name)).key(redis.key(name));
     }
-    let mut renamed: usize = invocation
+    let (mut renamed, found): (usize, usize) = invocation
         .invoke_async(&mut connection)
         .await
         .doing("rename the queue's keys")?;
+    // Step ledgers are found by a scan of the whole keyspace: only worth it where the
+    // previous version left keys, not at every start of every pod.
+    if found == 0 {
+        return Ok(renamed);
+    }
     let pattern = format!("{}*", redis.legacy_key("ledger:"));
     let mut cursor = 0u64;
     loop {
