@@ -1269,15 +1269,11 @@ async fn the_upkeep_trims_acknowledged_entries_and_keeps_unread_ones() {
 
 #[tokio::test]
 async fn a_cluster_reached_without_the_cluster_setting_says_so_instead_of_unreachable() {
-    let Some(redis) = RedisServer::start(
+    let Some(redis) = RedisServer::start_cluster(
         "a_cluster_reached_without_the_cluster_setting_says_so_instead_of_unreachable",
     ) else {
         return;
     };
-    if !redis.is_cluster() {
-        println!("SKIP runs against the Redis Cluster (make test-redis-cluster)");
-        return;
-    }
     let (fake, ids) = fake_with_tickets(1).await;
     let dir = TempDir::new("redis-moved");
     let config = config(&dir, read_only(), json!({}));

@@ -123,16 +123,14 @@ async fn exists(connection: &mut MultiplexedConnection, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_runs_every_job_the_previous_version_queued() {
-    let Some(redis) = RedisServer::start("an_upgrade_runs_every_job_the_previous_version_queued")
+    // A single server: a Redis Cluster refused the previous version's scripts, so it never
+    // holds such keys.
+    let Some(redis) =
+        RedisServer::start_single("an_upgrade_runs_every_job_the_previous_version_queued")
     else {
         return;
     };
     let url = redis.url();
-    if url.contains("+cluster") {
-        // A Redis Cluster refused the previous version's scripts: it holds no such keys.
-        println!("SKIP the previous version never ran on a Redis Cluster");
-        return;
-    }
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut old = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("XGROUP")

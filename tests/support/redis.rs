@@ -32,8 +32,24 @@ impl RedisServer {
     /// printing why) when a program it needs is missing outside CI. In CI a missing program
     /// panics.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_as(
+            test,
+            std::env::var(MODE_VAR).is_ok_and(|mode| mode == "cluster"),
+        )
+    }
+
+    /// One server, whatever [`MODE_VAR`] says, for a test about a single Redis.
+    pub fn start_single(test: &str) -> Option<Self> {
+        Self::start_as(test, false)
+    }
+
+    /// A cluster, whatever [`MODE_VAR`] says, for a test about a Redis Cluster.
+    pub fn start_cluster(test: &str) -> Option<Self> {
+        Self::start_as(test, true)
+    }
+
+    fn start_as(test: &str, cluster: bool) -> Option<Self> {
         super::tools::require(test, &["redis-server"], "redis-server")?;
-        let cluster = std::env::var(MODE_VAR).is_ok_and(|mode| mode == "cluster");
         if cluster {
             super::tools::require(test, &["redis-cli"], "redis-tools")?;
         }
@@ -50,11 +66,6 @@ impl RedisServer {
             server.wait_until_whole();
         }
         Some(server)
-    }
-
-    /// Whether this is a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.cluster
     }
 
     /// The URL deskhook is given: a cluster is named by its first node, as a seed.
